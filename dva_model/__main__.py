@@ -1,0 +1,7 @@
+"""``python -m dva_model <command>``: the library's command-line interface."""
+
+import sys
+
+from dva_model.cli import main
+
+sys.exit(main())

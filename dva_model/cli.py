@@ -1,0 +1,57 @@
+"""Command-line interface: ``python -m dva_model <command> [options]``.
+
+Each command lives in ``dva_model/commands/<name>.py`` and exposes ``add_parser(subparsers)``
+(which registers its options and sets ``func``) and the function it sets, ``run(args) -> int``.
+Errors a user can fix (``UserError``, ``ValueError``, ``FileNotFoundError``) are printed as one sentence
+with exit status 2, never as a traceback; ``--debug`` shows the traceback.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+from dva_model.errors import UserError
+
+# Module names under dva_model/commands, in the order ``--help`` lists them.
+COMMANDS = ("encode", "decode", "convert", "align", "edit")
+
+log = logging.getLogger("dva_model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per available command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dva_model",
+        description="Diffusion Video Autoencoders: encode, edit and decode face videos.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"dva_model.commands.{name}")
+        except ModuleNotFoundError as error:
+            if not error.name or not error.name.startswith("dva_model.commands"):
+                raise
+            continue  # command not built yet in this checkout
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, run the command and return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError) as error:
+        if args.debug:
+            raise
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("cancelled\n")
+        return 130
