@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny random DVA models written in the real file formats.
+
+Every weight is random (none left at its zero initialisation) so that a test through a loader,
+the samplers or the encoders would notice a key mapped to the wrong place.
+"""
+
+import dataclasses
+import enum
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from dva_model.checkpoint import release_state_from_model, save_model
+from dva_model.model import DVAConfig, DVAModel
+from dva_model.testing import randomize_, tiny_unet_config
+
+TINY_IMAGE_SIZE = 256  # the encoders crop fixed pixel rows of a 256 crop, so the UNet works at 256 too
+
+
+def tiny_dva_config() -> DVAConfig:
+    """The tiny UNet of dva_model.testing at the released crop size."""
+    unet = tiny_unet_config()
+    levels = len(unet.channel_mult)
+    attention = TINY_IMAGE_SIZE // 2 ** (levels - 1)  # attention at the coarsest level, as in the release
+    return DVAConfig(unet=dataclasses.replace(unet, image_size=TINY_IMAGE_SIZE, attention_resolutions=(attention,)))
+
+
+def make_tiny_model(seed: int) -> DVAModel:
+    """A tiny-UNet, full-encoder DVAModel with every parameter and buffer random."""
+    torch.manual_seed(seed)
+    model = DVAModel(config=tiny_dva_config())
+    randomize_(model, seed=seed)
+    return model.eval().requires_grad_(False)
+
+
+def _release_conf_class():
+    """A stand-in for the authors' ``config.TrainConfig`` so the pickle names their class."""
+    module = types.ModuleType("config")
+
+    class ModelName(enum.Enum):
+        beatgans_autoenc = "beatgans_autoenc"
+
+    @dataclasses.dataclass
+    class TrainConfig:
+        img_size: int
+        net_ch: int
+        net_ch_mult: tuple
+        net_attn: tuple
+        net_num_res_blocks: int
+        net_beatgans_embed_channels: int = 512
+        net_beatgans_attn_head: int = 1
+        dropout: float = 0.1
+        model_name: ModelName = ModelName.beatgans_autoenc
+
+    for cls in (ModelName, TrainConfig):
+        cls.__module__ = "config"
+        setattr(module, cls.__name__, cls)
+    return module, TrainConfig
+
+
+def write_release_checkpoint(path: Path, ema: DVAModel, trained: DVAModel, *, with_hparams: bool = True) -> Path:
+    """Write ``ema``/``trained`` in the layout of the released Lightning checkpoint."""
+    state = {f"ema_model.{k}": v for k, v in release_state_from_model(ema).items()}
+    state.update({f"model.{k}": v for k, v in release_state_from_model(trained).items()})
+    checkpoint = {
+        "epoch": 51, "global_step": 1_000_000, "pytorch-lightning_version": "1.6.5",
+        "state_dict": state, "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4}]}],
+        "lr_schedulers": [], "callbacks": {},
+    }
+    module, train_config = _release_conf_class()
+    if with_hparams:
+        unet = ema.config.unet
+        checkpoint["hyper_parameters"] = {"conf": train_config(
+            img_size=unet.image_size, net_ch=unet.model_channels, net_ch_mult=tuple(unet.channel_mult),
+            net_attn=tuple(unet.attention_resolutions), net_num_res_blocks=unet.num_res_blocks)}
+    sys.modules["config"] = module
+    try:
+        torch.save(checkpoint, path)
+    finally:
+        del sys.modules["config"]  # the loader must cope without the authors' code
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> DVAModel:
+    return make_tiny_model(seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
+    """A released-layout Lightning checkpoint: ema_model.* = ``tiny_model``, model.* different."""
+    path = tmp_path_factory.mktemp("release") / "epoch=51-step=1000000.ckpt"
+    return write_release_checkpoint(path, tiny_model, make_tiny_model(seed=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_safetensors(tmp_path_factory, tiny_model) -> Path:
+    """``tiny_model`` in our own .safetensors format."""
+    return save_model(tmp_path_factory.mktemp("ours") / "dva_tiny.safetensors", tiny_model)
