@@ -1,6 +1,8 @@
 """Paste-back (dva_model.paste): mask presets and refinements, and compositing that leaves everything
 outside the mask (and outside the crop square) bit-identical, checked on a real clip."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -78,7 +80,18 @@ def face_labels(crop_landmarks: np.ndarray, size: int = 256) -> torch.Tensor:
     return torch.stack(labels)
 
 
+@functools.lru_cache(maxsize=1)
+def real_clip_8():
+    return real_clip_frames(8)
+
+
 def real_clip(count: int = 8):
+    """The first ``count`` frames, quads, aligned crops and stand-in parsings (shared by the tests)."""
+    frames, quads, crops, labels = real_clip_8()
+    return frames[:count], quads[:count], crops[:count], labels[:count]
+
+
+def real_clip_frames(count: int):
     frames = decoded_frames("single_face.mp4", count)
     track = dlib_track("single_face.mp4", 16)
     quads = align.compute_quads(track.landmarks)[:count]
