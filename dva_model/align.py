@@ -136,8 +136,9 @@ def compute_quads(
     valid = ~np.isnan(landmarks).any(axis=(1, 2))
     if has_face is not None:
         valid &= np.asarray(has_face, dtype=bool)
-    safe = np.where(valid[:, None, None], landmarks, 0.0)
-    c, x, y = quad_axes(np.nan_to_num(safe))
+    c, x, y = (np.full((len(landmarks), 2), np.nan) for _ in range(3))
+    if valid.any():
+        c[valid], x[valid], y[valid] = quad_axes(landmarks[valid])
     c, x, y = smooth_axes(c, x, y, valid, sigma_centre=config.sigma_centre, sigma_axes=config.sigma_axes)
     return quads_from_axes(c, x, y)
 

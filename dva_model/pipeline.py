@@ -1,0 +1,359 @@
+"""The whole face edit of a video: align -> encode -> mean identity -> edit -> invert -> decode ->
+paste back -> write (reference section 2), streaming full-resolution frames chunk by chunk.
+
+The video is decoded three times (find faces, crop, paste), so at most one chunk of full-resolution
+float frames is in memory at once. What is held for the whole clip is crop-sized: the aligned and the
+edited crops ([M, 3, 256, 256] float32 each, M = frames with a face, ~0.8 MB per frame each), their
+paste masks and the features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from dva_model.align import AlignConfig, align_frames, compute_quads, inverse_coefficients
+from dva_model.classifier import EditNorm
+from dva_model.errors import UserError
+from dva_model.landmarks import FaceLandmarker, FaceTrack, TrackConfig, track_faces
+from dva_model.paste import PasteConfig, build_masks, paste_back
+from dva_model.progress import ProgressCallback, report
+from dva_model.video import (
+    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, iter_frames, probe,
+)
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+# Progress per stage: ``stage_progress("faces")`` returns the callback for that stage (or None).
+StageProgress = Callable[[str], Optional[ProgressCallback]]
+ALIGNMENT_FORMAT = "dva-alignment/1"
+DEFAULT_STEPS = 100  # the release uses 1000
+
+
+def _no_progress(_stage: str) -> Optional[ProgressCallback]:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignedClip:
+    """Every selected frame of a video, aligned.
+
+    indices: the selected source frame numbers (N of them). track: the face track over those N frames.
+    quads: [N, 4, 2] float64 pixel-index quads (NaN where ``has_face`` is False).
+    has_face: [N] bool. crops: [M, 3, S, S] float32 in [-1, 1] on the CPU, one per frame with a face
+    (M = has_face.sum()), in frame order.
+    """
+
+    info: VideoInfo
+    indices: range
+    track: FaceTrack
+    quads: np.ndarray
+    has_face: np.ndarray
+    crops: torch.Tensor
+    config: AlignConfig
+
+    @property
+    def face_rows(self) -> np.ndarray:
+        """Positions (0..N-1) of the frames that have a face, i.e. the row order of ``crops``."""
+        return np.flatnonzero(self.has_face)
+
+
+def find_faces(
+    path: PathLike,
+    landmarker: FaceLandmarker,
+    *,
+    selection: FrameSelection = FrameSelection(),
+    track: TrackConfig = TrackConfig(),
+    chunk_size: int = DEFAULT_CHUNK_FRAMES,
+    callback: Optional[ProgressCallback] = None,
+) -> tuple[VideoInfo, range, FaceTrack]:
+    """First pass: detect and landmark one tracked face in every selected frame (uint8 frames)."""
+    info = probe(path)
+    indices = selection.indices(info.frame_count)
+    chunks = (frames.numpy() for _, frames in iter_frames(path, selection=selection, chunk_size=chunk_size, dtype=torch.uint8))
+    face_track = track_faces(chunks, landmarker, config=track, total=len(indices), callback=callback, source=str(path))
+    return info, indices, face_track
+
+
+def align_video(
+    path: PathLike,
+    landmarker: FaceLandmarker,
+    *,
+    selection: FrameSelection = FrameSelection(),
+    align: AlignConfig = AlignConfig(),
+    track: TrackConfig = TrackConfig(),
+    chunk_size: int = DEFAULT_CHUNK_FRAMES,
+    device: Union[str, torch.device] = "cpu",
+    stage_progress: StageProgress = _no_progress,
+) -> AlignedClip:
+    """Find, smooth and crop the face in every selected frame of ``path`` (two decoding passes).
+
+    Raises ``NoFaceError`` when no frame has a face; frames in long gaps are flagged (``has_face``).
+    """
+    info, indices, face_track = find_faces(path, landmarker, selection=selection, track=track,
+                                           chunk_size=chunk_size, callback=stage_progress("faces"))
+    indices = indices[: len(face_track.detected)]  # a file may hold fewer frames than its header says
+    quads = compute_quads(face_track.landmarks, face_track.has_face, config=align)
+    has_face = ~np.isnan(quads).any(axis=(1, 2))
+    callback = stage_progress("crop")
+    crops, done = [], 0
+    for chunk_indices, frames in iter_frames(path, selection=selection, chunk_size=chunk_size):
+        rows = np.arange(done, min(done + len(chunk_indices), len(indices)))
+        keep = rows[has_face[rows]]
+        if len(keep):
+            picked = frames[torch.as_tensor(keep - done)].to(device)
+            crops.append(align_frames(picked, quads[keep], config=align).cpu())
+        done += len(rows)
+        report(callback, done, len(indices))
+        if done == len(indices):
+            break
+    return AlignedClip(info=info, indices=indices, track=face_track, quads=quads, has_face=has_face,
+                       crops=torch.cat(crops) if crops else torch.zeros(0, 3, align.size, align.size), config=align)
+
+
+def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[str]) -> Path:
+    """Write the sidecar JSON of an aligned clip: per frame the face flags, landmarks, quad and the
+    release's 8 inverse-warp coefficients (frame continuous coords -> crop continuous coords)."""
+    from dva_model.checkpoint import write_atomically
+
+    coefficients = np.full((len(clip.quads), 8), np.nan)
+    rows = clip.face_rows
+    if len(rows):
+        coefficients[rows] = inverse_coefficients(clip.quads[rows], clip.config.size)
+    names = iter(crop_names)
+    frames = []
+    for row, frame_number in enumerate(clip.indices):
+        face = bool(clip.has_face[row])
+        frames.append({
+            "frame": int(frame_number),
+            "has_face": face,
+            "detected": bool(clip.track.detected[row]),
+            "crop": next(names) if face else None,
+            "landmarks": clip.track.landmarks[row].round(3).tolist() if face else None,
+            "quad": clip.quads[row].tolist() if face else None,
+            "inverse_coefficients": coefficients[row].tolist() if face else None,
+        })
+    document = {
+        "format": ALIGNMENT_FORMAT,
+        "video": str(clip.info.path),
+        "width": clip.info.width, "height": clip.info.height,
+        "fps": str(clip.info.fps), "frame_count": clip.info.frame_count,
+        "crop_size": clip.config.size, "method": clip.config.method,
+        "sigma_centre": clip.config.sigma_centre, "sigma_axes": clip.config.sigma_axes,
+        "frames": frames,
+    }
+    header = json.dumps({k: v for k, v in document.items() if k != "frames"}, indent=1)[:-2]
+    text = header + ',\n "frames": [\n' + ",\n".join("  " + json.dumps(f) for f in frames) + "\n ]\n}\n"
+    path = Path(path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def load_alignment(path: PathLike) -> dict:
+    """Read a sidecar written by ``save_alignment`` (a dict; quads as [N, 4, 2] lists, None without face)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"Cannot read the alignment file {path} ({error}).") from error
+    if document.get("format") != ALIGNMENT_FORMAT:
+        raise UserError(f"{path} is not an alignment file written by `python -m dva_model align`.")
+    return document
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditConfig:
+    """Options of ``edit_video`` beyond alignment.
+
+    steps: DDIM steps S for inversion and decoding. edits: (CelebA attribute, scale) pairs.
+    edit_norm: "keep" (zero edit = reconstruction) or "unit" (the release). batch_size: frames per
+    network call. chunk_frames: frames per invert/decode/paste chunk. paste: mask and composite.
+    lossless: exact RGB output (libx264rgb); otherwise x264 at ``crf``.
+    """
+
+    steps: int = DEFAULT_STEPS
+    edits: tuple[tuple[str, float], ...] = ()
+    edit_norm: EditNorm = "keep"
+    batch_size: int = 8
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES
+    paste: PasteConfig = PasteConfig()
+    lossless: bool = False
+    crf: int = DEFAULT_CRF
+
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise ValueError(f"steps must be at least 2 for DDIM inversion, got {self.steps}.")
+        if self.chunk_frames < 1 or self.batch_size < 1:
+            raise ValueError("chunk_frames and batch_size must be at least 1.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditResult:
+    """What ``edit_video`` wrote: the output path, frames written, frames edited, frames left untouched."""
+
+    path: Path
+    frames: int
+    edited: int
+    untouched: tuple[tuple[int, int], ...]  # inclusive source frame ranges without a face
+
+
+def edited_identity(z_id: torch.Tensor, classifier, config: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip identity (mean of z_id [M, 512] -> [512]) and its edited version for ``config.edits``."""
+    from dva_model.model import mean_identity
+
+    identity = mean_identity(z_id)
+    if not config.edits:
+        return identity, identity
+    if classifier is None:
+        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
+    from dva_model.classifier import edit_identity
+
+    return identity, edit_identity(identity, classifier, list(config.edits), norm=config.edit_norm)
+
+
+def _chunked(count: int, size: int):
+    for start in range(0, count, size):
+        yield slice(start, min(start + size, count))
+
+
+def reconstruct_crops(
+    model, crops: torch.Tensor, z_lnd: torch.Tensor, identity: torch.Tensor, target: torch.Tensor, *,
+    config: EditConfig, callback: Optional[ProgressCallback] = None,
+) -> torch.Tensor:
+    """Invert each crop with the clip identity and decode it with the target identity, chunk by chunk.
+
+    crops: [M, 3, S, S] in [-1, 1] (CPU); z_lnd: [M, 102]; identity, target: [512].
+    Returns the decoded crops [M, 3, S, S] float32 in [-1, 1] on the CPU.
+    """
+    calls_per_frame_batch = 2 * config.steps - 1  # S - 1 inversion calls + S decoding calls
+    total = calls_per_frame_batch * sum(-(-(s.stop - s.start) // config.batch_size)
+                                        for s in _chunked(len(crops), config.chunk_frames))
+    done = 0
+
+    def step(_done: int, _total: int) -> None:
+        nonlocal done
+        done += 1
+        report(callback, done, total)
+
+    out = []
+    for part in _chunked(len(crops), config.chunk_frames):
+        x_T = model.invert(crops[part], identity, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
+        decoded = model.decode(x_T, target, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
+        out.append(decoded.float().cpu())
+    return torch.cat(out)
+
+
+def paste_masks(model, source: torch.Tensor, edited: torch.Tensor, frame_numbers: Sequence[int], *,
+                config: EditConfig) -> torch.Tensor:
+    """Paste masks [M, 1, S, S] from BiSeNet parsing of the source (and edited) crops."""
+    source_labels = model.parse(source, batch_size=config.batch_size).cpu()
+    edited_labels = model.parse(edited, batch_size=config.batch_size).cpu() if config.paste.union_edited else None
+    return build_masks(source_labels, edited_labels, config=config.paste, frame_numbers=frame_numbers)
+
+
+def write_pasted(
+    path: PathLike, out_path: PathLike, clip: AlignedClip, edited: torch.Tensor, masks: torch.Tensor, *,
+    selection: FrameSelection, config: EditConfig, callback: Optional[ProgressCallback] = None,
+) -> Path:
+    """Third pass: decode the frames again, paste the edited crops, encode to ``out_path`` with audio."""
+    info, indices = clip.info, clip.indices
+    row_of_face = np.full(len(indices), -1)
+    row_of_face[clip.face_rows] = np.arange(len(clip.face_rows))  # frame position -> crop row
+    window = audio_window(info, indices)
+    with VideoWriter(out_path, fps=info.fps / selection.stride, width=info.width, height=info.height,
+                     audio_from=path if info.has_audio else None, audio_window_s=window,
+                     crf=config.crf, lossless=config.lossless) as writer:
+        done = 0
+        for chunk_indices, frames in iter_frames(path, selection=selection, chunk_size=config.chunk_frames):
+            positions = np.arange(done, done + len(chunk_indices))
+            if positions[-1] >= len(indices):
+                break  # more frames than the aligned pass saw (a file that changed): stop at its count
+            rows = row_of_face[positions]
+            face = rows >= 0
+            crops_rows = torch.as_tensor(np.where(face, rows, 0))
+            source = clip.crops[crops_rows] if config.paste.composite == "release" else None
+            pasted = paste_back(frames, edited[crops_rows], masks[crops_rows],
+                                np.where(face[:, None, None], clip.quads[positions], 0.0),
+                                source=source, has_face=face, composite=config.paste.composite)
+            writer.write(pasted)
+            done += len(chunk_indices)
+            report(callback, done, len(indices))
+    return Path(out_path)
+
+
+def edit_clip(
+    clip: AlignedClip,
+    path: PathLike,
+    out_path: PathLike,
+    model,
+    *,
+    classifier=None,
+    config: EditConfig = EditConfig(),
+    selection: FrameSelection = FrameSelection(),
+    stage_progress: StageProgress = _no_progress,
+) -> EditResult:
+    """Everything after alignment: encode, edit, invert, decode, paste back and write ``out_path``.
+
+    ``clip`` must come from ``align_video(path, ..., selection=selection)``.
+    """
+    if clip.config.size != model.image_size:
+        raise UserError(f"The model works on {model.image_size}px crops but the alignment made {clip.config.size}px ones.")
+    if config.edits and classifier is None:
+        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
+    z_id, z_lnd = model.encode_features(clip.crops, batch_size=config.batch_size, callback=stage_progress("encode"))
+    identity, target = edited_identity(z_id, classifier, config)
+    edited = reconstruct_crops(model, clip.crops, z_lnd, identity, target, config=config,
+                               callback=stage_progress("invert+decode"))
+    frame_numbers = [clip.indices[row] for row in clip.face_rows]
+    masks = paste_masks(model, clip.crops, edited, frame_numbers, config=config)
+    written = write_pasted(path, out_path, clip, edited, masks, selection=selection, config=config,
+                           callback=stage_progress("paste"))
+    untouched = tuple((clip.indices[a], clip.indices[b]) for a, b in clip.track.missing_runs())
+    return EditResult(path=written, frames=len(clip.indices), edited=int(clip.has_face.sum()), untouched=untouched)
+
+
+def check_output_path(path: PathLike, out_path: PathLike) -> None:
+    """Refuse an output that would overwrite the input or land in a missing folder (before any work)."""
+    out = Path(out_path)
+    if out.resolve() == Path(path).resolve():
+        raise UserError(f"The output {out} would overwrite the input video; choose another file name.")
+    if not out.parent.is_dir():
+        raise UserError(f"The output folder {out.parent} does not exist; create it first.")
+
+
+def edit_video(
+    path: PathLike,
+    out_path: PathLike,
+    model,
+    landmarker: FaceLandmarker,
+    *,
+    classifier=None,
+    config: EditConfig = EditConfig(),
+    selection: FrameSelection = FrameSelection(),
+    align: AlignConfig = AlignConfig(),
+    track: TrackConfig = TrackConfig(),
+    stage_progress: StageProgress = _no_progress,
+) -> EditResult:
+    """Edit the face in a video and write the result as MP4 (H.264) with the source's audio.
+
+    model: a ``DVAModel`` (checkpoint.load_model). classifier: an ``AttributeClassifier`` for
+    ``config.edits``. The output has the selected frames' count, the source size and fps (divided by
+    the stride), and the audio of the selected time range. Frames without a face are copied unchanged;
+    no partial file is left at ``out_path`` on any error.
+    """
+    check_output_path(path, out_path)
+    if config.edits and classifier is None:
+        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
+    device = next(model.parameters()).device
+    clip = align_video(path, landmarker, selection=selection, align=align, track=track,
+                       chunk_size=config.chunk_frames, device=device, stage_progress=stage_progress)
+    return edit_clip(clip, path, out_path, model, classifier=classifier, config=config, selection=selection,
+                     stage_progress=stage_progress)
