@@ -15,8 +15,9 @@ little with x_t and t for decode(invert(x)) to reconstruct x (measured on ``tiny
 head gain 0.1 -> ~9 dB at 10 steps, 0.01 -> ~18 dB, 0.001 -> ~40 dB).
 """
 
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -108,3 +109,18 @@ def tiny_unet_config() -> UNetConfig:
         attention_resolutions=(8,),
         embed_channels=64,
     )
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one thread inside the block, then restore the thread count.
+
+    For small models on shared machines: with more runnable processes than cores, OpenMP's barriers stall
+    and a tiny UNet forward takes seconds on 2 threads instead of ~0.1 s on one.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
