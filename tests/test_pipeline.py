@@ -5,7 +5,6 @@ pipeline itself (frames, masks, paste-back, the written video); one test runs th
 checkpoint through ``python -m dva_model edit``.
 """
 
-import json
 from fractions import Fraction
 
 import numpy as np
