@@ -64,18 +64,26 @@ class FaceEncoder(nn.Module):
 
 
 @functools.cache
-def _expected_shapes(module: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of ``FaceEncoder`` (module "") or one of its submodules, built on the meta device."""
+def _encoder_shapes() -> dict[str, tuple[int, ...]]:
+    """Key -> shape of ``FaceEncoder``'s state dict (built once, on the meta device: no memory, no init)."""
     with torch.device("meta"):
         encoder = FaceEncoder()
-    target = encoder.get_submodule(module) if module else encoder
-    return {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    return {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+
+
+def _expected_shapes(module: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of ``FaceEncoder`` (module "") or of one of its submodules (keys relative to it)."""
+    prefix = f"{module}." if module else ""
+    return {k[len(prefix):]: v for k, v in _encoder_shapes().items() if k.startswith(prefix)}
 
 
 def _check_state(sd: Mapping[str, Tensor], module: str, source: str) -> dict[str, Tensor]:
     """Return ``sd`` as a dict after checking that its keys and shapes are exactly ``module``'s."""
     expected = _expected_shapes(module)
     what = f"FaceEncoder.{module}" if module else "FaceEncoder"
+    not_tensors = sorted(k for k, v in sd.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise ValueError(f"{source} holds non-tensor entries at {not_tensors[:8]}; expected only weight tensors.")
     missing = sorted(expected.keys() - sd.keys())
     unexpected = sorted(sd.keys() - expected.keys())
     if missing or unexpected:
@@ -97,6 +105,12 @@ def _fill_bn_counters(sd: dict[str, Tensor], module: str) -> dict[str, Tensor]:
     return sd
 
 
+def _split_landmarks(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(``lndnet.backbone.*`` entries with that prefix removed, all other entries)."""
+    landmark = {k[len(_LANDMARK_RELEASE_PREFIX):]: v for k, v in sd.items() if k.startswith(_LANDMARK_RELEASE_PREFIX)}
+    return landmark, {k: v for k, v in sd.items() if not k.startswith(_LANDMARK_RELEASE_PREFIX)}
+
+
 def encoder_state_from_release(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Map the release's ``encoder.*`` tensors (prefix already stripped) onto ``FaceEncoder`` keys.
 
@@ -105,8 +119,7 @@ def encoder_state_from_release(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     ``base_net.0.*`` is checked equal and dropped, the unused ``pretrain_net.classifier.*`` is dropped.
     Raises ValueError naming any missing, unexpected or wrongly shaped key. Tensors are not copied.
     """
-    landmark = {k[len(_LANDMARK_RELEASE_PREFIX):]: v for k, v in sd.items() if k.startswith(_LANDMARK_RELEASE_PREFIX)}
-    out = {k: v for k, v in sd.items() if not k.startswith(_LANDMARK_RELEASE_PREFIX)}
+    landmark, out = _split_landmarks(sd)
     landmark = landmark_state_from_release(landmark, key_prefix=_LANDMARK_RELEASE_PREFIX)
     out.update({_LANDMARK_RELEASE_PREFIX + k: v for k, v in landmark.items()})
     return _check_state(out, "", "The checkpoint's encoder.* state")
@@ -115,9 +128,7 @@ def encoder_state_from_release(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def release_state_from_encoder(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Inverse of ``encoder_state_from_release``: ``FaceEncoder`` keys -> the release's ``encoder.*`` keys
     (without ``encoder.``), i.e. all 1,228 keys of official-keys.tsv; see ``landmark_state_to_release``."""
-    sd = _check_state(sd, "", "The FaceEncoder state")
-    out = {k: v for k, v in sd.items() if not k.startswith(_LANDMARK_RELEASE_PREFIX)}
-    landmark = {k[len(_LANDMARK_RELEASE_PREFIX):]: v for k, v in sd.items() if k.startswith(_LANDMARK_RELEASE_PREFIX)}
+    landmark, out = _split_landmarks(_check_state(sd, "", "The FaceEncoder state"))
     out.update({_LANDMARK_RELEASE_PREFIX + k: v for k, v in landmark_state_to_release(landmark).items()})
     return out
 
@@ -139,8 +150,9 @@ def lndnet_state_from_file(sd: Mapping[str, Any]) -> dict[str, Tensor]:
     """
     inner = sd["state_dict"] if "state_dict" in sd else sd
     stripped = {k.removeprefix(_MODULE_PREFIX): v for k, v in inner.items()}
-    out = {"backbone." + k: v for k, v in landmark_state_from_release(stripped, key_prefix=_MODULE_PREFIX).items()}
-    return _check_state(_fill_bn_counters(out, "lndnet"), "lndnet", "mobilenet_224_model_best_gdconv_external.pth.tar")
+    landmark = landmark_state_from_release(stripped, key_prefix=_MODULE_PREFIX)
+    out = _fill_bn_counters({"backbone." + k: v for k, v in landmark.items()}, "lndnet")
+    return _check_state(out, "lndnet", "mobilenet_224_model_best_gdconv_external.pth.tar")
 
 
 def bgnet_state_from_file(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -151,6 +163,7 @@ def bgnet_state_from_file(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _strip_backbone(sd: Mapping[str, Tensor], module: str, source: str) -> dict[str, Tensor]:
+    """Check ``sd`` against ``FaceEncoder.<module>`` and return it with ``backbone.`` removed from its keys."""
     sd = _check_state(sd, module, f"The FaceEncoder.{module} state for {source}")
     return {k[len("backbone."):]: v for k, v in sd.items()}
 

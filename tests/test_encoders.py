@@ -181,7 +181,8 @@ def test_separate_files_tolerate_old_batchnorm_files_and_name_bad_keys(encoder):
         fe.bgnet_state_from_file(dict(bisenet, **{"cp.resnet.fc.weight": torch.zeros(1000, 512)}))
     landmarks = fe.lndnet_file_state(encoder.lndnet.state_dict())
     with pytest.raises(ValueError, match="module.optimizer_thing"):
-        fe.lndnet_state_from_file({"state_dict": dict(landmarks["state_dict"], **{"module.optimizer_thing": torch.zeros(1)})})
+        bad = dict(landmarks["state_dict"], **{"module.optimizer_thing": torch.zeros(1)})
+        fe.lndnet_state_from_file({"state_dict": bad})
 
 
 def test_outputs_have_the_documented_shapes_and_ranges(encoder, crops, outputs):
