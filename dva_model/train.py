@@ -38,7 +38,7 @@ from dva_model.face_encoder import FaceEncoder
 from dva_model.model import DVAModel
 from dva_model.schedule import alpha_bar_schedule
 from dva_model.train_data import derive_seed
-from dva_model.train_loss import draw_noise, dva_loss
+from dva_model.train_loss import LossTerms, draw_noise, dva_loss
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,33 @@ class _Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, z_id: Tensor, z_lnd: Tensor) -> Tensor:
         return self.unet(x_t, t, self.encoder.face_condition(z_id, z_lnd))
+
+
+@torch.no_grad()
+def evaluation_loss(model: DVAModel, frames: Tensor, *, timesteps: Sequence[int], seed: int = 0) -> LossTerms:
+    """The training objective at fixed timesteps and seeded noises, dropout off: a steady score of a model.
+
+    frames: [B, 3, S, S] float in [-1, 1]; each frame is scored at every t of ``timesteps`` (0..999), so
+    the batch is B * len(timesteps). The training loss itself jumps with the random t of each step; this
+    does not, so two models (or two moments of one run) compare directly. Lower is better.
+    """
+    device = next(model.unet.parameters()).device
+    frames = frames.to(device, torch.float32)
+    z_id, z_lnd, mask = (a.repeat_interleave(len(timesteps), 0) for a in encode_conditions(model.encoder, frames))
+    x_0 = frames.repeat_interleave(len(timesteps), 0)  # [B * T, 3, S, S], frame-major
+    t = torch.tensor(list(timesteps), dtype=torch.int64, device=device).repeat(len(frames))
+    generator = torch.Generator(device).manual_seed(seed)
+    eps = torch.randn((2, *x_0.shape), generator=generator, device=device)
+    denoiser, was_training = _Denoiser(model), model.unet.training
+
+    def eps_model(x_t: Tensor, t_: Tensor) -> Tensor:
+        return denoiser(x_t, t_, z_id.repeat(2, 1), z_lnd.repeat(2, 1))
+
+    model.unet.eval()
+    try:
+        return dva_loss(eps_model, x_0, mask, t=t, eps_1=eps[0], eps_2=eps[1], alpha_bar=alpha_bar_schedule().to(device))
+    finally:
+        model.unet.train(was_training)
 
 
 def _ema_copy(model: DVAModel) -> DVAModel:

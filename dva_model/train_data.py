@@ -1,8 +1,9 @@
 """Training frames: a folder of aligned clips, read in a seeded, rank-sharded, resumable order.
 
 Layout: ``<root>/<video>/<frame>.png`` (or .jpg/.jpeg), one sub-folder per clip holding its square
-aligned crops (section 6 of the method). A training item, as published, is several frames of ONE video;
-each process (rank) of a data-parallel run draws different videos.
+aligned crops (section 6 of the method). Raw videos are aligned once by the face pipeline into such a
+folder (``align_videos``), which later runs reuse. A training item, as published, is several frames of
+ONE video; each process (rank) of a data-parallel run draws different videos.
 
 Every random choice is a pure function of (seed, step, rank): which videos a rank sees (a fresh
 permutation of all videos per epoch, dealt out round-robin over the ranks, like DistributedSampler),
@@ -12,10 +13,12 @@ reads exactly the frames an uninterrupted run reads, without storing any loader 
 
 import functools
 import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,10 +26,19 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dva_model.errors import UserError
+from dva_model.align import AlignConfig
+from dva_model.errors import NoFaceError, UserError
 from dva_model.image_io import IMAGE_SUFFIXES
+from dva_model.landmarks import TrackConfig
+from dva_model.progress import ProgressCallback, report
+
+if TYPE_CHECKING:
+    from dva_model.landmarks import FaceLandmarker
 
 log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+ALIGNED_MARKER = "source.json"  # written last into a cached clip folder: the clip is complete
 
 FLIP_PROBABILITY = 0.5  # random horizontal flip of each frame, as published
 _SEED_BITS = 63
@@ -63,26 +75,81 @@ class Clip:
     frames: Tuple[Path, ...]
 
 
-def list_clips(root: Path) -> List[Clip]:
-    """Every ``<root>/<video>/`` holding frames, sorted by name; UserError when there is none.
+def list_clips(*roots: Path) -> List[Clip]:
+    """Every ``<root>/<video>/`` holding frames, over all ``roots``, sorted by name.
 
-    Sub-folders without any frame file are skipped with a warning.
+    Hidden folders and folders without frames are skipped (the latter with a warning). UserError when
+    no clip is found or two clips share a name.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Training folder {root} does not exist; pass a folder of clip folders (<video>/<frame>.png).")
     clips = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        if frames:
-            clips.append(Clip(folder.name, frames))
-        else:
-            log.warning("Skipping %s: it holds no %s frames.", folder, "/".join(IMAGE_SUFFIXES))
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"Training folder {root} does not exist; pass a folder of clip folders (<video>/<frame>.png)."
+            )
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            if frames:
+                clips.append(Clip(folder.name, frames))
+            else:
+                log.warning("Skipping %s: it holds no %s frames.", folder, "/".join(IMAGE_SUFFIXES))
     if not clips:
         raise UserError(
-            f"No clips in {root}: expected sub-folders <video>/ holding aligned frames ({', '.join(IMAGE_SUFFIXES)})."
+            f"No clips in {', '.join(map(str, roots))}: expected sub-folders <video>/ holding aligned frames "
+            f"({', '.join(IMAGE_SUFFIXES)}) or video files ({', '.join(VIDEO_SUFFIXES)})."
         )
-    return clips
+    names = [clip.name for clip in clips]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UserError(f"Several clips are named {', '.join(duplicates)}; rename the folders or videos so names are unique.")
+    return sorted(clips, key=lambda clip: clip.name)
+
+
+def list_videos(root: Path) -> List[Path]:
+    """The video files directly inside ``root`` (by suffix), sorted by name."""
+    return sorted(p for p in Path(root).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def align_videos(
+    videos: Sequence[Path],
+    cache: Path,
+    *,
+    landmarker: "FaceLandmarker",
+    align: AlignConfig = AlignConfig(),
+    track: TrackConfig = TrackConfig(),
+    callback: Optional[ProgressCallback] = None,
+) -> Path:
+    """Align each video once into ``cache/<video stem>/<frame>.png`` (a clip folder for ``list_clips``).
+
+    A clip folder is reused while its marker matches the video (path, size, modification time) and the
+    crop settings; otherwise it is rebuilt. Frames without a face get no crop; a video without any face
+    is left out with a warning (its folder stays empty). ``callback(done, total)`` counts videos. Returns ``cache``.
+    """
+    from dva_model.checkpoint import write_atomically
+    from dva_model.image_io import write_crops
+    from dva_model.pipeline import align_video
+
+    for done, video in enumerate(videos, start=1):
+        target = Path(cache) / video.stem
+        stat = video.stat()
+        source = {"video": str(video.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                  "crop_size": align.size, "method": align.method, "sigma_centre": align.sigma_centre,
+                  "sigma_axes": align.sigma_axes, "max_gap": track.max_gap}
+        marker = target / ALIGNED_MARKER
+        if marker.is_file() and json.loads(marker.read_text()) == source:
+            report(callback, done, len(videos))
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            clip = align_video(video, landmarker, align=align, track=track)
+            names = [f"{clip.indices[row]:06d}" for row in clip.face_rows]
+            write_crops(target, names, clip.crops)
+            log.info("aligned %s: %d of %d frames have a face", video.name, len(names), len(clip.indices))
+        except NoFaceError:  # remembered (empty folder + marker), so later runs do not search again
+            log.warning("No face in any frame of %s; it is left out of training.", video)
+        write_atomically(marker, lambda tmp: tmp.write_text(json.dumps(source)))
+        report(callback, done, len(videos))
+    return Path(cache)
 
 
 def derive_seed(*parts) -> int:

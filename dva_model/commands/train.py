@@ -3,7 +3,8 @@
     python -m dva_model train DATA --out RUN --weights FILE --steps N [options]
     torchrun --nproc_per_node 4 -m dva_model train DATA --out RUN --weights FILE --steps N [options]
 
-DATA holds one sub-folder of aligned crops per video. RUN receives ``model.safetensors`` (the EMA
+DATA holds one sub-folder of aligned crops per video, and/or video files, which are aligned once by the
+face pipeline into RUN/aligned (or --aligned-cache) and reused by later runs. RUN receives ``model.safetensors`` (the EMA
 weights; loads in DVAModelLoader and every other command), ``train_state.pt`` (what ``--resume`` needs)
 and ``previews/step-NNNNNNN.png`` (top row: frames, bottom row: their DDIM reconstructions by the EMA
 model). This module holds the policy (when to log, save, preview); the mechanics are in dva_model.train.
@@ -23,15 +24,19 @@ import torch
 import torch.distributed as dist
 
 from dva_model import checkpoint
+from dva_model.align import AlignConfig
 from dva_model.checkpoint import EncoderFiles, load_model, save_model, write_atomically
+from dva_model.commands.align import add_face_options, landmarker_from_args
 from dva_model.errors import UserError
 from dva_model.image_io import to_uint8
 from dva_model.model import DVAConfig, DVAModel
 from dva_model.train import (
-    Precision, StepReport, TrainConfig, Trainer, encode_conditions, fit, is_trainable, load_training_state,
-    save_training_state,
+    Precision, StepReport, TrainConfig, Trainer, encode_conditions, evaluation_loss, fit, is_trainable,
+    load_training_state, save_training_state,
 )
-from dva_model.train_data import DataConfig, StepFrames, list_clips, preview_frames
+from dva_model.landmarks import TrackConfig
+from dva_model.progress_bar import terminal_progress
+from dva_model.train_data import DataConfig, StepFrames, align_videos, list_clips, list_videos, preview_frames
 from dva_model.unet import UNetConfig
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 PREVIEW_DIR = "previews"
+ALIGNED_DIR = "aligned"
+EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)  # fixed-noise score of the EMA model on the preview frames
 UNET_OPTIONS = ("image_size", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
                 "num_heads", "dropout", "embed_channels")
 
@@ -57,9 +64,10 @@ def add_parser(subparsers) -> None:
                     "L1 noise loss + L1 between masked x0 predictions), Adam, gradient clipping and an EMA; "
                     "ArcFace, landmark net and face parser stay frozen.",
     )
-    parser.add_argument("data", type=Path, help="folder of clip folders: DATA/<video>/<frame>.png")
+    parser.add_argument("data", type=Path,
+                        help="folder of clip folders (DATA/<video>/<frame>.png) and/or video files")
     parser.add_argument("--out", type=Path, required=True, help="run folder (model, training state, previews)")
-    parser.add_argument("--steps", type=int, required=True, help="train until this many steps are done")
+    parser.add_argument("--steps", type=int, help="train until this many steps are done (required to train)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     source = parser.add_argument_group("initial weights (ignored with --resume)")
     source.add_argument("--weights", type=Path,
@@ -92,9 +100,15 @@ def add_parser(subparsers) -> None:
     data.add_argument("--workers", type=int, default=2, help="frame-loading processes per training process")
     data.add_argument("--cache-encodings", action="store_true",
                       help="keep each frame's encoder outputs in memory (small data sets, small UNets)")
+    videos = parser.add_argument_group("raw videos in DATA (aligned once, then reused)")
+    videos.add_argument("--aligned-cache", type=Path, help="folder for the aligned crops (default: RUN/aligned)")
+    videos.add_argument("--align-only", action="store_true",
+                        help="align the videos and stop (do this first for large data sets; it runs before "
+                             "any process waits on another)")
+    add_face_options(videos)
     policy = parser.add_argument_group("logging, checkpoints, previews")
     policy.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
-    policy.add_argument("--save-every", type=int, default=5000, help="steps between checkpoints (and at the end)")
+    policy.add_argument("--save-every", type=int, default=5000, help="steps between checkpoints (always at the end)")
     policy.add_argument("--preview-every", type=int, default=1000, help="steps between previews (0: none)")
     policy.add_argument("--preview-frames", type=int, default=4, help="clips shown in a preview")
     policy.add_argument("--preview-steps", type=int, default=20, help="DDIM steps of a preview reconstruction")
@@ -161,6 +175,20 @@ def _initial_model(args: argparse.Namespace) -> DVAModel:
     return model
 
 
+def _training_clips(args: argparse.Namespace, device: torch.device):
+    """Clip folders of DATA plus the aligned videos of DATA (the processes share the aligning)."""
+    videos, roots = list_videos(args.data), [args.data]
+    if videos:
+        cache = args.aligned_cache or args.out / ALIGNED_DIR
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        align_videos(videos[rank::world], cache, landmarker=landmarker_from_args(args, device=str(device)),
+                     align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
+                     callback=terminal_progress("align videos", enabled=not args.quiet and rank == 0))
+        _barrier()
+        roots.append(cache)
+    return list_clips(*roots)
+
+
 def _run_info(args: argparse.Namespace, data: DataConfig) -> str:
     return json.dumps({"data": dataclasses.asdict(data), "steps": args.steps})
 
@@ -215,8 +243,9 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     rank = _rank()
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one process reports
-    state_path, model_path = args.out / STATE_FILE, args.out / MODEL_FILE
-    if not args.resume and state_path.exists():
+    if args.steps is None and not args.align_only:
+        raise UserError("--steps is required: give the number of training steps to reach.")
+    if not args.resume and (args.out / STATE_FILE).exists():
         raise UserError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out.")
     precision: Precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     config = TrainConfig(lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema_decay, precision=precision,
@@ -224,41 +253,61 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     data = DataConfig(frames_per_video=args.frames_per_video, videos_per_rank=args.videos_per_rank,
                       flip=not args.no_flip, seed=args.seed)
     info = _run_info(args, data)
-    clips = list_clips(args.data)
+    clips = _training_clips(args, device)
+    if args.align_only:
+        log.info("%d clips ready for training", len(clips))
+        return 0
 
-    state = load_training_state(state_path) if args.resume else None
-    model = load_model(model_path) if args.resume else _initial_model(args)
-    trainer = Trainer(model, config, device=device)
-    if state is not None:
-        _warn_on_changes(state, config, info)
-        trainer.load_state_dict(state)
-        log.info("resumed %s at step %d", args.out, trainer.step)
-    image_size = model.config.unet.image_size
+    trainer = _make_trainer(args, config, info, device)
+    image_size = trainer.model.config.unet.image_size
     log.info("%d clips, %d process(es), %d frames per step, UNet %.1f M parameters at %dx%d, %s",
              len(clips), trainer.world_size, data.videos_per_rank * data.frames_per_video * trainer.world_size,
-             sum(p.numel() for p in model.unet.parameters()) / 1e6, image_size, image_size, precision)
-
+             sum(p.numel() for p in trainer.model.unet.parameters()) / 1e6, image_size, image_size, precision)
+    if trainer.step >= args.steps:
+        log.info("%s is already at step %d; raise --steps to train further.", args.out, trainer.step)
+        return 0
     frames = StepFrames(clips, image_size=image_size, config=data, rank=rank, world_size=trainer.world_size)
     loader = torch.utils.data.DataLoader(
         frames, sampler=range(trainer.step, args.steps), batch_size=None, num_workers=args.workers,
         pin_memory=device.type == "cuda", generator=torch.Generator(),  # never draw from the global RNG
     )
     previews = preview_frames(clips, count=args.preview_frames, image_size=image_size) if rank == 0 else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    fit(trainer, loader, total_steps=args.steps, callback=_step_policy(args, trainer, info, previews))
+    return 0
+
+
+def _make_trainer(args: argparse.Namespace, config: TrainConfig, info: str, device: torch.device) -> Trainer:
+    """A new run from the initial weights, or (--resume) the saved run of --out."""
+    if not args.resume:
+        return Trainer(_initial_model(args), config, device=device)
+    state = load_training_state(args.out / STATE_FILE)
+    trainer = Trainer(load_model(args.out / MODEL_FILE), config, device=device)  # frozen encoders from the run
+    _warn_on_changes(state, config, info)
+    trainer.load_state_dict(state)
+    log.info("resumed %s at step %d", args.out, trainer.step)
+    return trainer
+
+
+def _step_policy(args: argparse.Namespace, trainer: Trainer, info: str, previews: Optional[torch.Tensor]):
+    """The callback ``fit`` calls after each step: progress lines, checkpoints and previews."""
+    rank = _rank()
+
+    def due(step: int, every: int) -> bool:  # every `every` steps, and at the last step
+        return (every > 0 and step % every == 0) or step == args.steps
 
     def on_step(report: StepReport) -> None:
-        if report.step % args.log_every == 0 or report.step == report.total:
+        if due(report.step, args.log_every):
             log.info("step %d/%d  loss %.4f (simple %.4f, reg %.4f)  %.1f frames/s  ETA %s",
                      report.step, report.total, report.loss, report.simple, report.reg,
                      report.frames_per_second, _format_eta(report.eta_seconds))
-        if report.step % args.save_every == 0 or report.step == report.total:
+        if due(report.step, args.save_every):
             _save(trainer, args.out, info)
-        if rank == 0 and args.preview_every and (report.step % args.preview_every == 0 or report.step == report.total):
+        if rank == 0 and args.preview_every > 0 and due(report.step, args.preview_every):
             path = save_preview(trainer.ema_model, previews, args.out / PREVIEW_DIR / f"step-{report.step:07d}.png",
                                 steps=args.preview_steps)
-            log.info("preview: %s", path)
+            score = evaluation_loss(trainer.ema_model, previews, timesteps=EVAL_TIMESTEPS, seed=args.seed)
+            log.info("preview %s; EMA loss on these frames at fixed noise %.4f (simple %.4f, reg %.4f)",
+                     path, score.loss.item(), score.simple.item(), score.reg.item())
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    fit(trainer, loader, total_steps=args.steps, callback=on_step)
-    if trainer.step < args.steps:
-        raise UserError(f"training stopped at step {trainer.step} of {args.steps}.")
-    return 0
+    return on_step
