@@ -1,0 +1,21 @@
+"""ComfyUI entry point of ComfyUI-DVA: face editing in videos with Diffusion Video Autoencoders.
+
+ComfyUI imports this file when it loads the pack. It imports nothing heavy: every node module defers
+its model, video and face-detection imports to the moment the node runs. The pack's folder goes on
+``sys.path`` (appended, so it never shadows ComfyUI's own modules) because the library ``dva_model``
+imports itself by its absolute name.
+"""
+
+import os
+import sys
+
+_PACK_DIR = os.path.dirname(os.path.abspath(__file__))
+if _PACK_DIR not in sys.path:
+    sys.path.append(_PACK_DIR)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from .nodes._host import register_model_folder  # noqa: E402
+
+register_model_folder()
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

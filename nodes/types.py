@@ -1,0 +1,63 @@
+"""The pack's custom wire types and the one value type the nodes define themselves (DVA_IDENTITY).
+
+    DVA_MODEL       nodes._host.ModelHandle: the resident DVAModel and its ComfyUI ModelPatcher
+    DVA_CLASSIFIER  dva_model.classifier.AttributeClassifier: attribute directions
+    DVA_FACES       dva_model.align.AlignedClip: aligned crops, per-frame quads and warps, face flags
+    DVA_LATENT      dva_model.latent_io.Latent: per-frame z_id, z_lnd, x_T, the inversion identity, steps
+    DVA_IDENTITY    Identity (below): the clip identity to decode with, plus the edits to apply to it
+IMAGE and MASK use ComfyUI's layouts ([B, H, W, 3] and [B, H, W] float in [0, 1] on the CPU).
+"""
+
+from dataclasses import dataclass
+from typing import Any, Tuple
+
+import torch
+
+MODEL = "DVA_MODEL"
+CLASSIFIER = "DVA_CLASSIFIER"
+FACES = "DVA_FACES"
+LATENT = "DVA_LATENT"
+IDENTITY = "DVA_IDENTITY"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributeEditStep:
+    """One attribute edit: move along ``classifier``'s direction ``attribute`` by ``scale``."""
+
+    classifier: Any  # dva_model.classifier.AttributeClassifier
+    attribute: str
+    scale: float
+    norm: str  # "keep" or "unit" (dva_model.classifier.EditNorm)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Identity:
+    """A clip identity and the attribute edits chained onto it (applied together by ``edited``).
+
+    base: [512] float32, the identity before editing (the clip's mean ArcFace feature).
+    """
+
+    base: torch.Tensor
+    edits: Tuple[AttributeEditStep, ...] = ()
+
+    def with_edit(self, step: AttributeEditStep) -> "Identity":
+        """A new identity with ``step`` appended (the input stays unchanged: ComfyUI caches it)."""
+        return Identity(base=self.base, edits=self.edits + (step,))
+
+    def edited(self) -> torch.Tensor:
+        """z_id_edit [512] float32: the published classifier edit with every chained step at once.
+
+        Consecutive steps on the same classifier and norm are summed in one call of
+        ``dva_model.classifier.edit_identity`` (so chaining A then B equals editing A and B together).
+        """
+        from dva_model.classifier import edit_identity
+
+        z_id, group = self.base, []
+        for step in self.edits + (None,):
+            if group and (step is None or step.classifier is not group[0].classifier or step.norm != group[0].norm):
+                pairs = [(s.attribute, s.scale) for s in group]
+                z_id = edit_identity(z_id, group[0].classifier, pairs, norm=group[0].norm)
+                group = []
+            if step is not None:
+                group.append(step)
+        return z_id

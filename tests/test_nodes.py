@@ -1,0 +1,467 @@
+"""The ComfyUI nodes as ComfyUI calls them, with the host's modules replaced by small stand-ins.
+
+``comfy_host`` installs fake ``folder_paths``, ``comfy.utils``, ``comfy.model_management`` and
+``comfy.model_patcher`` modules (recording progress bars and model loads, and able to raise the
+user's Cancel), so the nodes run here on the CPU without a ComfyUI checkout. The real server is
+exercised by tests/test_comfy_server.py.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_NODES = {
+    "DVAModelLoader", "DVAClassifierLoader", "DVAVideoLoad", "DVAFaceAlign", "DVAEncode", "DVASaveLatent",
+    "DVALoadLatent", "DVAIdentityAverage", "DVAAttributeEdit", "DVADDIMDecode", "DVAPasteBack",
+}
+HEAVY_MODULES = ("dva_model.unet", "dva_model.model", "dva_model.checkpoint", "av", "dlib", "kornia", "scipy",
+                 "safetensors")
+
+
+class InterruptProcessingException(Exception):
+    """Stand-in for comfy.model_management.InterruptProcessingException."""
+
+
+@dataclass
+class FakeHost:
+    """What the fake ComfyUI recorded, and the folders it uses."""
+
+    root: Path
+    bars: list = field(default_factory=list)  # (total, [values...]) per ProgressBar
+    loads: list = field(default_factory=list)  # keyword arguments of each load_models_gpu call
+    interrupt_after: int = -1  # raise Cancel at the n-th interrupt check (-1: never)
+    checks: int = 0
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def input(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+
+def _folder_paths(host: FakeHost) -> types.ModuleType:
+    module = types.ModuleType("folder_paths")
+    module.models_dir = str(host.models)
+    module.folder_names_and_paths = {}
+
+    def folder(name):
+        if name not in module.folder_names_and_paths:
+            raise KeyError(name)
+        return module.folder_names_and_paths[name]
+
+    def get_filename_list(name):
+        paths, extensions = folder(name)
+        found = []
+        for base in paths:
+            for dirpath, _, files in os.walk(base):
+                for file in files:
+                    if not extensions or os.path.splitext(file)[1].lower() in extensions:
+                        found.append(os.path.relpath(os.path.join(dirpath, file), base).replace(os.sep, "/"))
+        return sorted(found)
+
+    def get_full_path(name, filename):
+        for base in folder(name)[0]:
+            candidate = os.path.join(base, filename)
+            if os.path.isfile(candidate):
+                return candidate
+        return None
+
+    def get_annotated_filepath(name):
+        for tag, base in ((" [output]", host.output), (" [input]", host.input)):
+            if name.endswith(tag):
+                return os.path.join(base, name[: -len(tag)])
+        return os.path.join(host.input, name)
+
+    def get_save_image_path(prefix, output_dir, width=0, height=0):
+        subfolder, name = os.path.split(prefix)
+        target = os.path.join(output_dir, subfolder)
+        os.makedirs(target, exist_ok=True)
+        counter = 1 + sum(1 for f in os.listdir(target) if f.startswith(name + "_"))
+        return target, name, counter, subfolder, prefix
+
+    module.get_filename_list = get_filename_list
+    module.get_full_path = get_full_path
+    module.get_folder_paths = lambda name: list(folder(name)[0])
+    module.get_input_directory = lambda: str(host.input)
+    module.get_output_directory = lambda: str(host.output)
+    module.get_annotated_filepath = get_annotated_filepath
+    module.get_save_image_path = get_save_image_path
+    return module
+
+
+def _comfy_modules(host: FakeHost) -> dict:
+    comfy = types.ModuleType("comfy")
+    comfy.__path__ = []
+    utils = types.ModuleType("comfy.utils")
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total, self.values = total, []
+            host.bars.append((total, self.values))
+
+        def update_absolute(self, value, total=None, preview=None):
+            self.values.append(value)
+
+    utils.ProgressBar = ProgressBar
+    mm = types.ModuleType("comfy.model_management")
+    mm.InterruptProcessingException = InterruptProcessingException
+
+    def throw_exception_if_processing_interrupted():
+        host.checks += 1
+        if host.interrupt_after >= 0 and host.checks > host.interrupt_after:
+            raise InterruptProcessingException()
+
+    def load_models_gpu(models, memory_required=0, force_full_load=False, **_):
+        host.loads.append({"models": list(models), "memory_required": memory_required,
+                           "force_full_load": force_full_load})
+
+    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    mm.load_models_gpu = load_models_gpu
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.intermediate_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.should_use_bf16 = lambda device=None, **_: False
+    mm.should_use_fp16 = lambda device=None, **_: False
+    mm.get_free_memory = lambda device=None, **_: 8 << 30
+    patcher = types.ModuleType("comfy.model_patcher")
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    patcher.ModelPatcher = ModelPatcher
+    comfy.utils, comfy.model_management, comfy.model_patcher = utils, mm, patcher
+    return {"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm, "comfy.model_patcher": patcher}
+
+
+@pytest.fixture
+def comfy_host(tmp_path, monkeypatch):
+    """A fake ComfyUI around the nodes: folders under tmp_path, recorded progress and model loads."""
+    host = FakeHost(root=tmp_path)
+    for folder in (host.models / "dva", host.input, host.output):
+        folder.mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "folder_paths", _folder_paths(host))
+    for name, module in _comfy_modules(host).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    from nodes import _host
+
+    _host.clear_model_cache()
+    _host.register_model_folder()
+    yield host
+    _host.clear_model_cache()
+
+
+def pack_nodes():
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+def install(path: Path, folder: Path, name: str) -> str:
+    """Link ``path`` into ``folder`` as ``name`` (what a user does by copying the file there)."""
+    target = folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(path)
+    return name
+
+
+# ------------------------------------------------------------------------------------------------
+# The pack as ComfyUI loads it
+
+
+def test_pack_loads_every_node_without_heavy_imports():
+    code = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("ComfyUI-DVA", {str(REPO / '__init__.py')!r},
+                                              submodule_search_locations=[{str(REPO)!r}])
+module = importlib.util.module_from_spec(spec)
+sys.modules["ComfyUI-DVA"] = module
+spec.loader.exec_module(module)
+heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
+print(json.dumps({{"nodes": sorted(module.NODE_CLASS_MAPPINGS), "names": module.NODE_DISPLAY_NAME_MAPPINGS,
+                   "heavy": heavy}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(loaded["nodes"]) == PACK_NODES
+    assert set(loaded["names"]) == PACK_NODES
+    assert loaded["heavy"] == [], f"importing the pack loaded {loaded['heavy']}"
+
+
+def test_every_node_declares_category_tooltips_ranges_and_outputs(comfy_host):
+    for node_id, node in pack_nodes().items():
+        assert node_id.startswith("DVA") and node.CATEGORY == "DVA", node_id
+        assert callable(getattr(node, node.FUNCTION)), node_id
+        assert node.DESCRIPTION, node_id
+        declared = node.INPUT_TYPES()
+        assert set(declared) <= {"required", "optional"}, node_id
+        for section in declared.values():
+            for name, (kind, options) in section.items():
+                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+                if kind in ("INT", "FLOAT"):
+                    assert options["min"] <= options["default"] <= options["max"], f"{node_id}.{name}"
+        if node.RETURN_TYPES:
+            assert len(node.RETURN_NAMES) == len(node.RETURN_TYPES) == len(node.OUTPUT_TOOLTIPS), node_id
+        else:
+            assert getattr(node, "OUTPUT_NODE", False), f"{node_id} returns nothing but is no output node"
+
+
+def test_model_folder_is_registered_and_keeps_extra_paths(comfy_host, monkeypatch):
+    import folder_paths
+    from nodes import _host
+
+    extra = str(comfy_host.root / "elsewhere")
+    folder_paths.folder_names_and_paths["dva"] = ([extra], set())  # as extra_model_paths.yaml adds it
+    _host.register_model_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["dva"]
+    assert paths == [extra, str(comfy_host.models / "dva")]
+    assert ".safetensors" in extensions and ".ckpt" in extensions
+
+
+# ------------------------------------------------------------------------------------------------
+# One loader, one resident model
+
+
+def test_loader_caches_one_model_per_file_precision_and_device(comfy_host, tiny_safetensors):
+    loader = pack_nodes()["DVAModelLoader"]
+    name = install(tiny_safetensors, comfy_host.models / "dva", "tiny.safetensors")
+    assert name in loader.INPUT_TYPES()["required"]["checkpoint"][0]
+    (first,) = loader.execute(name, "auto", "auto")
+    (again,) = loader.execute(name, "fp32", "cpu")
+    (half,) = loader.execute(name, "bf16", "cpu")
+    assert again is first, "the same file, precision and device must share one loaded model"
+    assert half is not first and half.dtype == torch.bfloat16
+    assert first.patcher.model is first.model and first.model_id.startswith("tiny.safetensors")
+    assert first.acquire() is first.model
+    assert comfy_host.loads[-1]["models"] == [first.patcher] and comfy_host.loads[-1]["force_full_load"]
+
+
+def test_missing_model_file_is_one_sentence_naming_the_folder(comfy_host):
+    with pytest.raises(FileNotFoundError, match=r"not in ComfyUI's models/dva folder .*put it there"):
+        pack_nodes()["DVAModelLoader"].execute("absent.safetensors", "auto", "auto")
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress and cancel on every UNet call
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A random DVA model whose UNet works at 32 px (decoding never runs the 256-px face encoders)."""
+    from dva_model.model import DVAConfig, DVAModel
+    from dva_model.testing import randomize_, tiny_unet_config
+
+    torch.manual_seed(3)
+    model = DVAModel(config=DVAConfig(unet=tiny_unet_config()))
+    return randomize_(model, seed=3).eval().requires_grad_(False)
+
+
+def _handle(model):
+    from nodes._host import ModelHandle
+
+    patcher = sys.modules["comfy.model_patcher"].ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    return ModelHandle(model=model, patcher=patcher, model_id="small.safetensors:1", device=torch.device("cpu"),
+                       dtype=torch.float32)
+
+
+def _one_frame_latent(model, steps, model_id):
+    from dva_model.latent_io import Latent
+
+    generator = torch.Generator().manual_seed(0)
+    z_id = torch.nn.functional.normalize(torch.randn(1, 512, generator=generator), dim=1)
+    return Latent(z_id=z_id, z_lnd=torch.rand(1, 102, generator=generator),
+                  x_T=torch.randn(1, 3, model.image_size, model.image_size, generator=generator),
+                  identity=z_id[0], steps=steps, model_id=model_id)
+
+
+def test_decode_moves_the_progress_bar_on_every_unet_call_and_cancels_within_one(comfy_host, small_model):
+    from nodes.types import Identity
+
+    decode = pack_nodes()["DVADDIMDecode"]
+    model, steps = _handle(small_model), 3
+    latent = _one_frame_latent(small_model, steps, model.model_id)
+    identity = Identity(base=latent.identity)
+    calls = []
+    hook = small_model.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        (crops,) = decode.execute(model, latent, identity, 1)
+        assert crops.shape == (1, small_model.image_size, small_model.image_size, 3)
+        assert 0 <= float(crops.min()) and float(crops.max()) <= 1
+        total, values = comfy_host.bars[-1]
+        assert (total, values) == (steps, [1, 2, 3]) and len(calls) == steps
+        assert comfy_host.loads[-1]["models"] == [model.patcher], "the model must be made resident first"
+
+        calls.clear()
+        comfy_host.interrupt_after, comfy_host.checks = 0, 0  # Cancel pressed during the first UNet call
+        with pytest.raises(InterruptProcessingException):
+            decode.execute(model, latent, identity, 1)
+        assert len(calls) == 1, "decoding must stop right after the UNet call during which Cancel came"
+    finally:
+        hook.remove()
+
+
+def test_decode_refuses_an_encoding_of_another_model(comfy_host, small_model):
+    from nodes.types import Identity
+
+    latent = _one_frame_latent(small_model, 2, "other.ckpt:123")
+    with pytest.raises(ValueError, match=r"made with the model 'other.ckpt:123'.*connect the loader"):
+        pack_nodes()["DVADDIMDecode"].execute(_handle(small_model), latent, Identity(base=latent.identity), 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Identity and edits
+
+
+def _random_classifier():
+    from dva_model.classifier import AttributeClassifier
+    from dva_model.constants import CELEBA_ATTRIBUTES
+
+    generator = torch.Generator().manual_seed(5)
+    return AttributeClassifier(weight=torch.randn(40, 512, generator=generator),
+                               mean=torch.randn(512, generator=generator) * 0.01,
+                               std=torch.rand(512, generator=generator) * 0.05 + 0.02,
+                               attribute_names=CELEBA_ATTRIBUTES)
+
+
+def test_chained_attribute_edits_equal_one_multi_attribute_edit():
+    from dva_model.classifier import edit_identity
+    from nodes.edit import DVAAttributeEdit
+    from nodes.types import Identity
+
+    classifier = _random_classifier()
+    base = torch.nn.functional.normalize(torch.randn(8, 512), dim=1).mean(0)
+    identity = Identity(base=base)
+    (once,) = DVAAttributeEdit.execute(identity, classifier, "Mustache", 0.3, "keep (exact at 0)")
+    (twice,) = DVAAttributeEdit.execute(once, classifier, "Young", -0.4, "keep (exact at 0)")
+    expected = edit_identity(base, classifier, [("Mustache", 0.3), ("Young", -0.4)], norm="keep")
+    assert torch.allclose(twice.edited(), expected, atol=1e-6)
+    assert not torch.allclose(once.edited(), expected, atol=1e-3)
+    assert identity.edits == (), "an edit node must not change its input (ComfyUI caches it)"
+    (zero,) = DVAAttributeEdit.execute(identity, classifier, "Mustache", 0.0, "keep (exact at 0)")
+    assert torch.equal(zero.edited(), base)
+    (unit,) = DVAAttributeEdit.execute(identity, classifier, "Mustache", 0.0, "unit (as released)")
+    assert abs(float(unit.edited().norm()) - 1) < 1e-5 and float(base.norm()) < 0.99
+
+
+def test_unknown_custom_attribute_is_one_sentence_with_the_known_names():
+    from dva_model.errors import UserError
+    from nodes.edit import DVAAttributeEdit
+    from nodes.types import Identity
+
+    with pytest.raises(UserError, match=r"Unknown attribute 'Mustash'\. Did you mean Mustache"):
+        DVAAttributeEdit.execute(Identity(base=torch.zeros(512)), _random_classifier(), "Young", 0.2,
+                                 "keep (exact at 0)", custom_attribute="Mustash")
+
+
+def test_identity_average_uses_the_inversion_identity_or_the_plain_mean():
+    from dva_model.latent_io import Latent
+    from nodes.edit import DVAIdentityAverage
+
+    z_id = torch.nn.functional.normalize(torch.randn(3, 512), dim=1)
+    latent = Latent(z_id=z_id, z_lnd=torch.rand(3, 102), x_T=torch.randn(3, 3, 8, 8), identity=z_id[:2].mean(0),
+                    steps=2)
+    (inverted,) = DVAIdentityAverage.execute(latent, "inversion identity")
+    (mean,) = DVAIdentityAverage.execute(latent, "mean of all frames")
+    assert torch.equal(inverted.base, latent.identity)
+    assert torch.allclose(mean.base, z_id.mean(0))
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving and loading an encoding
+
+
+def test_saved_latent_is_listed_and_loads_back_unchanged(comfy_host):
+    from dva_model.latent_io import Latent
+
+    nodes = pack_nodes()
+    z_id = torch.nn.functional.normalize(torch.randn(2, 512), dim=1)
+    latent = Latent(z_id=z_id, z_lnd=torch.rand(2, 102), x_T=torch.randn(2, 3, 16, 16), identity=z_id.mean(0),
+                    steps=10, model_id="m.ckpt:1", frame_names=("frame_000000", "frame_000001"))
+    saved = nodes["DVASaveLatent"].execute(latent, "dva/clip")
+    (item,) = saved["ui"]["files"]
+    name = f"{item['subfolder']}/{item['filename']} [output]"
+    assert name in nodes["DVALoadLatent"].INPUT_TYPES()["required"]["latent_file"][0]
+    assert nodes["DVALoadLatent"].VALIDATE_INPUTS(name) is True
+    (loaded,) = nodes["DVALoadLatent"].execute(name)
+    assert torch.equal(loaded.x_T, latent.x_T) and loaded.steps == 10 and loaded.model_id == "m.ckpt:1"
+    assert "upload it first" in nodes["DVALoadLatent"].VALIDATE_INPUTS("missing.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------
+# Optional dependencies and readable errors
+
+
+def test_a_missing_optional_package_disables_only_its_node(comfy_host, monkeypatch):
+    from nodes._host import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    (comfy_host.input / "clip.mp4").write_bytes(b"not read")
+    with pytest.raises(MissingDependency, match=r"DVA Video Load needs the Python package 'av'.*pip install av"):
+        pack_nodes()["DVAVideoLoad"].execute("clip.mp4", 0, 0, 1, 1.0)
+    (identity,) = pack_nodes()["DVAIdentityAverage"].execute(
+        types.SimpleNamespace(identity=torch.ones(512)), "inversion identity")  # other nodes still run
+    assert identity.base.shape == (512,)
+
+
+def test_missing_packages_are_named_at_start_up():
+    from nodes._host import missing_packages
+
+    assert missing_packages((("torch", "torch"), ("surely_not_installed_pkg", "surely-not"))) == ["surely-not"]
+
+
+def test_video_load_validates_the_file_and_reads_the_selection(comfy_host):
+    from media import single_face_video
+
+    node = pack_nodes()["DVAVideoLoad"]
+    assert "upload it first" in node.VALIDATE_INPUTS("nope.mp4")
+    name = install(single_face_video(), comfy_host.input, "clip.mp4")
+    assert name in node.INPUT_TYPES()["required"]["video"][0]
+    frames, fps, audio, count = node.execute(name, 10, 3, 2, 1.0)
+    assert frames.shape == (3, 360, 640, 3) and count == 3 and frames.dtype == torch.float32
+    assert fps == pytest.approx(15.0)
+    rate = audio["sample_rate"]
+    assert audio["waveform"].shape[:2] == (1, 2) or audio["waveform"].shape[0] == 1
+    assert abs(audio["waveform"].shape[-1] - rate * 6 / 30) <= rate * 0.05  # frames 10..15 at 30 fps: 0.2 s
+    with pytest.raises(ValueError, match="GiB"):
+        node.execute(name, 0, 0, 1, 0.1)
+    assert node.IS_CHANGED(name) == node.IS_CHANGED(name)
+
+
+def test_paste_back_refuses_frames_that_do_not_match_the_alignment(comfy_host):
+    from nodes.paste import _check_sizes
+
+    faces = types.SimpleNamespace(has_face=[True, False], info=types.SimpleNamespace(width=8, height=6),
+                                  crops=torch.zeros(1, 3, 4, 4), config=types.SimpleNamespace(size=4))
+    with pytest.raises(ValueError, match="got 3 frames but the alignment has 2"):
+        _check_sizes(torch.zeros(3, 6, 8, 3), faces, torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="Expected 1 crops of 4x4"):
+        _check_sizes(torch.zeros(2, 6, 8, 3), faces, torch.zeros(2, 3, 4, 4))
+    _check_sizes(torch.zeros(2, 6, 8, 3), faces, torch.zeros(1, 3, 4, 4))
+
+
+def test_image_layout_conversion_round_trips(comfy_host):
+    from nodes._host import crops_to_image, image_to_crops
+
+    image = torch.rand(2, 5, 7, 3)
+    crops = image_to_crops(image)
+    assert crops.shape == (2, 3, 5, 7) and float(crops.min()) >= -1 and float(crops.max()) <= 1
+    assert torch.allclose(crops_to_image(crops), image, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Expected an IMAGE batch \[N, H, W, 3\]"):
+        image_to_crops(torch.rand(2, 3, 5, 7))
