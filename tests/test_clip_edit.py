@@ -29,7 +29,7 @@ from dva_model.errors import ModelFileError, UserError  # noqa: E402
 from dva_model.latent_io import Latent  # noqa: E402
 from dva_model.model import DVAConfig, DVAModel  # noqa: E402
 from dva_model.progress import Cancelled  # noqa: E402
-from dva_model.testing import randomize_, tiny_unet_config  # noqa: E402
+from dva_model.testing import randomize_, single_thread, tiny_unet_config  # noqa: E402
 
 CLIP_IMAGE_SIZE = 64
 SMALL_SIZE = tiny_unet_config().image_size  # 32: the optimisation loop needs only the UNet and z_face
@@ -46,11 +46,8 @@ def tiny_clip(seed: int = 0) -> CLIP:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Small ops on a shared 2-core machine run far faster on one thread than fighting over two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
