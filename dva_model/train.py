@@ -152,7 +152,8 @@ def evaluation_loss(model: DVAModel, frames: Tensor, *, timesteps: Sequence[int]
 
     model.unet.eval()
     try:
-        return dva_loss(eps_model, x_0, mask, t=t, eps_1=eps[0], eps_2=eps[1], alpha_bar=alpha_bar_schedule().to(device))
+        return dva_loss(eps_model, x_0, mask, t=t, eps_1=eps[0], eps_2=eps[1],
+                        alpha_bar=alpha_bar_schedule().to(device))
     finally:
         model.unet.train(was_training)
 
@@ -217,7 +218,8 @@ class Trainer:
         """
         x_0 = frames.to(self.device, torch.float32, non_blocking=True)
         z_id, z_lnd, mask = self._conditions(x_0, keys)
-        generator = torch.Generator(self.device).manual_seed(derive_seed(self.config.seed, "noise", self.step, self.rank))
+        seed = derive_seed(self.config.seed, "noise", self.step, self.rank)
+        generator = torch.Generator(self.device).manual_seed(seed)
         t, eps_1, eps_2 = draw_noise(x_0, generator)
         autocast = torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.config.precision),
                                   enabled=self.config.precision != "fp32")
@@ -271,10 +273,14 @@ class Trainer:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue from ``state_dict()``; RNG states are restored when the process count is unchanged."""
         if state.get("format") != TRAIN_STATE_FORMAT:
-            raise UserError(f"Not a DVA training state (format {state.get('format')!r}, expected {TRAIN_STATE_FORMAT}).")
+            raise UserError(
+                f"Not a DVA training state (format {state.get('format')!r}, expected {TRAIN_STATE_FORMAT})."
+            )
         names = [n for n, _ in self._trained]
         if sorted(state["weights"]) != sorted(names) or sorted(state["ema"]) != sorted(names):
-            raise UserError("The training state holds other tensors than this model trains; resume with the same model size.")
+            raise UserError(
+                "The training state holds other tensors than this model trains; resume with the same model size."
+            )
         with torch.no_grad():
             for (name, param), ema in zip(self._trained, self._ema):
                 param.copy_(state["weights"][name])
@@ -336,7 +342,9 @@ def load_training_state(path: Path) -> Dict[str, Any]:
     """Read a file of ``save_training_state`` (tensors and plain containers only; no code runs)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No training state at {path}; start without --resume or point --out at the run folder.")
+        raise FileNotFoundError(
+            f"No training state at {path}; start without --resume or point --out at the run folder."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which file and why

@@ -101,7 +101,9 @@ def list_clips(*roots: Path) -> List[Clip]:
     names = [clip.name for clip in clips]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise UserError(f"Several clips are named {', '.join(duplicates)}; rename the folders or videos so names are unique.")
+        raise UserError(
+            f"Several clips are named {', '.join(duplicates)}; rename the folders or videos so names are unique."
+        )
     return sorted(clips, key=lambda clip: clip.name)
 
 

@@ -4,10 +4,11 @@
     torchrun --nproc_per_node 4 -m dva_model train DATA --out RUN --weights FILE --steps N [options]
 
 DATA holds one sub-folder of aligned crops per video, and/or video files, which are aligned once by the
-face pipeline into RUN/aligned (or --aligned-cache) and reused by later runs. RUN receives ``model.safetensors`` (the EMA
-weights; loads in DVAModelLoader and every other command), ``train_state.pt`` (what ``--resume`` needs)
-and ``previews/step-NNNNNNN.png`` (top row: frames, bottom row: their DDIM reconstructions by the EMA
-model). This module holds the policy (when to log, save, preview); the mechanics are in dva_model.train.
+face pipeline into RUN/aligned (or --aligned-cache) and reused by later runs. RUN receives
+``model.safetensors`` (the EMA weights; loads in DVAModelLoader and every other command),
+``train_state.pt`` (what ``--resume`` needs) and ``previews/step-NNNNNNN.png`` (top row: frames, bottom
+row: their DDIM reconstructions by the EMA model). This module holds the policy (when to log, save,
+preview); the mechanics are in dva_model.train.
 """
 
 import argparse
@@ -75,7 +76,8 @@ def add_parser(subparsers) -> None:
     source.add_argument("--finetune", action="store_true",
                         help="also start the UNet and z_face layer from --weights (else they start random)")
     source.add_argument("--id-weights", type=Path, help="released model_ir_se50.pth")
-    source.add_argument("--landmark-weights", type=Path, help="released mobilenet_224_model_best_gdconv_external.pth.tar")
+    source.add_argument("--landmark-weights", type=Path,
+                        help="released mobilenet_224_model_best_gdconv_external.pth.tar")
     source.add_argument("--parser-weights", type=Path, help="released 79999_iter.pth")
     size = parser.add_argument_group("UNet size for a new model (default: the released 256x256 model)")
     size.add_argument("--image-size", type=int, help="square crop side the UNet trains at (256)")
@@ -114,6 +116,8 @@ def add_parser(subparsers) -> None:
     policy.add_argument("--preview-steps", type=int, default=20, help="DDIM steps of a preview reconstruction")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda or cpu (under torchrun each process takes cuda:LOCAL_RANK)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic GPU kernels (slower), for bit-identical resumes on GPU as on CPU")
     parser.set_defaults(func=run)
 
 
@@ -230,7 +234,16 @@ def _format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
+def _use_deterministic_kernels() -> None:
+    """Ask cuDNN / cuBLAS for reproducible kernels (before the first CUDA call); warn where an op has none."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.deterministic:
+        _use_deterministic_kernels()
     device = _start_distributed(args.device)
     try:
         return _train(args, device)
