@@ -23,6 +23,8 @@ classifier edit's default does); ``norm="unit"`` reproduces the release. Deltas 
 edits in one fixed order: the CLIP delta first, then the classifier directions (``combine_edits``).
 """
 
+import copy
+import itertools
 import json
 import logging
 import math
@@ -32,7 +34,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from dva_model.bisenet import foreground_mask
 from dva_model.classifier import AttributeClassifier, EditNorm, edit_identity
@@ -173,14 +175,26 @@ def reference_from_latent(
                           z_lnd=latent.z_lnd[index].to(device).float(), mask=mask.float())
 
 
-def _eps_model(model: DVAModel):
+def _eps_model(unet: nn.Module):
     """The UNet in its weights' dtype, float32 in and out; autograd follows the caller."""
-    dtype = next(model.unet.parameters()).dtype
+    dtype = next(unet.parameters()).dtype
 
     def eps(x_t: Tensor, t: Tensor, z_face: Tensor) -> Tensor:
-        return model.unet(x_t.to(dtype), t, z_face.to(dtype)).float()
+        return unet(x_t.to(dtype), t, z_face.to(dtype)).float()
 
     return eps
+
+
+def _autograd_ready(module: nn.Module) -> nn.Module:
+    """``module``, or a copy of it when its weights are inference tensors (made under torch.inference_mode,
+    as ComfyUI runs every node, also when it moves a model between devices): autograd cannot save those
+    for backward. The copy costs the module's memory once more while the edit runs."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    if not any(t.is_inference() for t in tensors):
+        return module
+    logger.info("copying %s out of inference mode for the CLIP optimisation", type(module).__name__)
+    with torch.inference_mode(False):
+        return copy.deepcopy(module)
 
 
 @torch.no_grad()
@@ -190,7 +204,7 @@ def reconstruction_trajectory(model: DVAModel, reference: ReferenceFrame, *, ste
     timesteps = respaced_timesteps(steps)
     z_face = model.face_condition(reference.z_id[None], reference.z_lnd[None])  # [1, 512]
     coefs = DDIMCoefficients.build(model.alpha_bar, timesteps, z_face.device)
-    eps = _eps_model(model)
+    eps = _eps_model(model.unet)
     x = invert(eps, reference.crop.to(z_face.device), timesteps, cond=z_face, alpha_bar=model.alpha_bar)
     states = [x]
     for k in reversed(range(len(timesteps))):
@@ -209,24 +223,29 @@ class EditObjective:
 
     def __init__(self, model: DVAModel, clip_loss: ClipDirectionalLoss, reference: ReferenceFrame,
                  config: ClipEditConfig):
-        self.model, self.clip_loss, self.config = model, clip_loss, config
+        self.config = config
         device = model.alpha_bar.device
         timesteps = respaced_timesteps(config.trajectory_steps)
-        trajectory = reconstruction_trajectory(model, reference, steps=config.trajectory_steps)  # R
-        self.source, self.start = trajectory[1:], trajectory[:-1]  # R[1:] is compared with B = step(R[:-1])
-        self.positions = torch.arange(len(timesteps) - 1, -1, -1, device=device)  # kept step of each item
-        self.coefs = DDIMCoefficients.build(model.alpha_bar, timesteps, device)
-        self.mask = reference.mask.to(device)
-        self.z_lnd = reference.z_lnd.to(device).float().expand(len(self.start), -1)  # [S, 102]
-        self.e_0 = reference.z_id.to(device).float()[None]  # [1, 512]
-        self.eps = _eps_model(model)
-        with torch.no_grad():
-            self.text_direction = clip_loss.text_direction(config.source_text, config.target_text)
-            self.source_features = clip_loss.image_features(self.source)
+        with torch.inference_mode(False):  # every tensor kept here must be usable by autograd
+            trajectory = reconstruction_trajectory(model, reference, steps=config.trajectory_steps)  # R
+            self.source, self.start = trajectory[1:], trajectory[:-1]  # R[1:] is compared with B = step(R[:-1])
+            self.positions = torch.arange(len(timesteps) - 1, -1, -1, device=device)  # kept step of each item
+            self.coefs = DDIMCoefficients.build(model.alpha_bar, timesteps, device)
+            self.mask = reference.mask.to(device).float().clone()
+            self.z_lnd = reference.z_lnd.to(device).float().clone().expand(len(self.start), -1)  # [S, 102]
+            self.e_0 = reference.z_id.to(device).float().clone()[None]  # [1, 512]
+            self.unet, self.linear = _autograd_ready(model.unet), _autograd_ready(model.encoder.linear)
+            self.clip_loss = _autograd_ready(clip_loss)
+            self.eps = _eps_model(self.unet)
+            with torch.no_grad():
+                self.text_direction = self.clip_loss.text_direction(config.source_text, config.target_text)
+                self.source_features = self.clip_loss.image_features(self.source)
 
     def edited_states(self, e: Tensor) -> Tensor:
         """B [S, 3, H, W]: each state of R[:-1] stepped once with z_face(l2n(e)), in one UNet call."""
-        z_face = self.model.face_condition(F.normalize(e, dim=1).expand(len(self.start), -1), self.z_lnd)
+        z_id = F.normalize(e, dim=1).expand(len(self.start), -1)  # [S, 512]
+        dtype = self.linear.weight.dtype
+        z_face = self.linear(torch.cat([z_id, self.z_lnd], dim=1).to(dtype)).float()  # FaceEncoder.face_condition
         return sample_step(self.eps, self.start, self.positions, cond=z_face, coefs=self.coefs)
 
     def __call__(self, e: Tensor) -> Tuple[Tensor, ClipEditLosses]:
@@ -255,17 +274,18 @@ def optimise_delta(
     """
     if model.unet.training:
         logger.warning("The UNet is in training mode: dropout makes the edit non-deterministic; call .eval().")
-    objective = EditObjective(model, clip_loss, reference, config)
-    e = objective.e_0.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([e], lr=config.learning_rate, weight_decay=0)
-    history = []
-    for iteration in range(config.iterations):
-        loss, terms = objective(e)
-        optimiser.zero_grad()
-        (e.grad,) = torch.autograd.grad(loss, [e])  # the frozen networks never accumulate gradients
-        optimiser.step()
-        history.append(terms)
-        report(callback, iteration + 1, config.iterations)
+    with torch.inference_mode(False), torch.enable_grad():
+        objective = EditObjective(model, clip_loss, reference, config)
+        e = objective.e_0.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([e], lr=config.learning_rate, weight_decay=0)
+        history = []
+        for iteration in range(config.iterations):
+            loss, terms = objective(e)
+            optimiser.zero_grad()
+            (e.grad,) = torch.autograd.grad(loss, [e])  # the frozen networks never accumulate gradients
+            optimiser.step()
+            history.append(terms)
+            report(callback, iteration + 1, config.iterations)
     _log_losses(history)
     info = {**asdict(config), "loss_start": history[0].total, "loss_end": history[-1].total}
     delta = IdentityDelta(delta=(e.detach() - objective.e_0)[0].float().cpu(), source_text=config.source_text,

@@ -125,7 +125,7 @@ def test_trajectory_is_inversion_then_stepwise_reconstruction(small_model, refer
     from dva_model.schedule import respaced_timesteps
 
     z_face = small_model.face_condition(reference.z_id[None], reference.z_lnd[None])
-    eps, steps = _eps_model(small_model), respaced_timesteps(5)
+    eps, steps = _eps_model(small_model.unet), respaced_timesteps(5)
     assert steps == [0, 200, 400, 600, 800]
     x_800 = ddim_invert.invert(eps, reference.crop, steps, cond=z_face, alpha_bar=small_model.alpha_bar)
     final = ddim_sample.sample(eps, x_800, steps, cond=z_face, alpha_bar=small_model.alpha_bar)
@@ -162,6 +162,23 @@ def test_optimisation_lowers_the_loss_with_one_unet_call_per_iteration(small_mod
         random = [objective(e_0 + result.delta.delta.norm() * F.normalize(torch.randn(1, ID_DIM, generator=generator)))[1].clip
                   for _ in range(4)]
     assert learnt < min(random)
+
+
+def test_runs_under_inference_mode_as_comfyui_runs_nodes(clip_loss, reference):
+    """ComfyUI executes nodes (and moves models) under torch.inference_mode: the edit must still get its
+    gradients, and give the same delta as outside it."""
+    config = ClipEditConfig(source_text="face", target_text="face with beard", iterations=2)
+    with torch.inference_mode():
+        model = DVAModel(config=DVAConfig(unet=tiny_unet_config()))
+        randomize_(model, seed=3).eval().requires_grad_(False)
+        inference_clip = clip_loss_for(tiny_clip())
+        inference_reference = ReferenceFrame(crop=reference.crop.clone(), z_id=reference.z_id.clone(),
+                                             z_lnd=reference.z_lnd.clone(), mask=reference.mask.clone())
+        assert next(model.unet.parameters()).is_inference()
+        inside = optimise_delta(model, inference_clip, inference_reference, config=config)
+    outside = optimise_delta(model, inference_clip, reference, config=config)
+    torch.testing.assert_close(inside.delta.delta, outside.delta.delta)
+    assert inside.delta.delta.norm() > 0
 
 
 def test_cancel_stops_the_loop(small_model, clip_loss, reference):
