@@ -14,7 +14,7 @@ under fp16 autocast with float32 GroupNorm and softmax).
 import math
 import re
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -367,30 +367,7 @@ def _infer_config(
     state_dict: Mapping[str, Tensor], *, image_size: int, num_heads: int, dropout: float
 ) -> UNetConfig:
     embed_channels, model_channels = _shape(state_dict, "time_embed.time_embed.0.weight")
-    in_channels = _shape(state_dict, "input_blocks.0.0.weight")[1]
-    out_channels = _shape(state_dict, "out.2.weight")[0]
-    cond_channels = _shape(state_dict, "input_blocks.1.0.cond_emb_layers.1.weight")[1]
-
-    # Output block k holds ResBlock, [attention], [up-ResBlock]; each level ends with an up-block except
-    # the last (full-size) one, so the up-blocks count the levels and split the blocks into levels.
-    pattern = re.compile(r"output_blocks\.(\d+)\.(\d+)\.")
-    layers_of: dict = {}
-    for key in state_dict:
-        match = pattern.match(key)
-        if match:
-            layers_of.setdefault(int(match[1]), set()).add(int(match[2]))
-    num_out = len(layers_of)
-    if num_out == 0 or sorted(layers_of) != list(range(num_out)):
-        raise ValueError("Not a DVA UNet state dict: output_blocks.* are missing or not numbered 0..N-1.")
-    def ends_with_upsampler(k: int) -> bool:
-        last = max(layers_of[k])
-        return last > 0 and f"output_blocks.{k}.{last}.qkv.weight" not in state_dict
-
-    num_levels = 1 + sum(ends_with_upsampler(k) for k in layers_of)
-    if num_out % num_levels:
-        raise ValueError(f"Not a DVA UNet state dict: {num_out} output blocks do not split into {num_levels} levels.")
-    blocks_per_level = num_out // num_levels
-
+    num_levels, blocks_per_level = _count_levels(state_dict)
     channel_mult, attention_resolutions = [], []
     for level in range(num_levels):
         first_block = (num_levels - 1 - level) * blocks_per_level
@@ -405,8 +382,8 @@ def _infer_config(
 
     config = UNetConfig(
         image_size=image_size,
-        in_channels=in_channels,
-        out_channels=out_channels,
+        in_channels=_shape(state_dict, "input_blocks.0.0.weight")[1],
+        out_channels=_shape(state_dict, "out.2.weight")[0],
         model_channels=model_channels,
         channel_mult=tuple(channel_mult),
         num_res_blocks=blocks_per_level - 1,
@@ -414,10 +391,37 @@ def _infer_config(
         num_heads=num_heads,
         dropout=dropout,
         embed_channels=embed_channels,
-        cond_channels=cond_channels,
+        cond_channels=_shape(state_dict, "input_blocks.1.0.cond_emb_layers.1.weight")[1],
     )
     _check_shapes(config, state_dict)
     return config
+
+
+def _count_levels(state_dict: Mapping[str, Tensor]) -> Tuple[int, int]:
+    """(resolution levels, decoder blocks per level) of a DVA UNet state dict.
+
+    Output block k holds a ResBlock, [attention], [up-ResBlock]. Every level but the full-size one ends
+    with an up-ResBlock, so those count the levels, and the blocks split evenly between them.
+    """
+    layers_of: Dict[int, set] = {}
+    for key in state_dict:
+        match = re.match(r"output_blocks\.(\d+)\.(\d+)\.", key)
+        if match:
+            layers_of.setdefault(int(match[1]), set()).add(int(match[2]))
+    num_blocks = len(layers_of)
+    if num_blocks == 0 or sorted(layers_of) != list(range(num_blocks)):
+        raise ValueError("Not a DVA UNet state dict: output_blocks.* are missing or not numbered 0..N-1.")
+
+    def ends_with_upsampler(k: int) -> bool:
+        last = max(layers_of[k])
+        return last > 0 and f"output_blocks.{k}.{last}.qkv.weight" not in state_dict
+
+    num_levels = 1 + sum(ends_with_upsampler(k) for k in layers_of)
+    if num_blocks % num_levels:
+        raise ValueError(
+            f"Not a DVA UNet state dict: {num_blocks} output blocks do not split into {num_levels} levels."
+        )
+    return num_levels, num_blocks // num_levels
 
 
 def _check_shapes(config: UNetConfig, state_dict: Mapping[str, Tensor]) -> None:
