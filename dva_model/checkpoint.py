@@ -40,17 +40,8 @@ RELEASE_ENCODER_PREFIX = "encoder."
 SAFETENSORS_FORMAT = "dva-model/1"
 RELEASE_URL = "https://github.com/gmkim-ai/Diffusion-Video-Autoencoders (checkpoints/diffusion_video_autoencoder)"
 
-# Release TrainConfig field -> UNetConfig field, for architectures read from hyper_parameters.
-_HPARAM_FIELDS = {
-    "img_size": "image_size",
-    "net_ch": "model_channels",
-    "net_ch_mult": "channel_mult",
-    "net_attn": "attention_resolutions",
-    "net_num_res_blocks": "num_res_blocks",
-    "net_beatgans_embed_channels": "embed_channels",
-    "net_beatgans_attn_head": "num_heads",
-    "dropout": "dropout",
-}
+# Release TrainConfig fields that leave no trace in tensor shapes -> UNetConfig.from_state_dict arguments.
+_HPARAM_FIELDS = {"img_size": "image_size", "net_beatgans_attn_head": "num_heads", "dropout": "dropout"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +75,7 @@ def load_model(
     model = DVAModel(config=DVAConfig(unet=config))
     _load_strict(model, state, path)
     if encoder_files is not None:
-        _replace_encoders(model, encoder_files)
+        load_encoder_files(model, encoder_files)
     model.eval().requires_grad_(False)
     model.to(device)
     model.unet.to(dtype)
@@ -146,20 +137,18 @@ def model_state_from_release(release: Mapping[str, Tensor], path: Path) -> Dict[
 
 
 def _unet_config(state: Mapping[str, Tensor], hparams: Any, path: Path) -> UNetConfig:
+    """The UNet architecture: shapes give widths, levels and attention; hyper_parameters the rest."""
     unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    conf = hparams.get("conf") if isinstance(hparams, Mapping) else None
+    given = {}
+    for release_name, argument in _HPARAM_FIELDS.items():
+        value = conf.get(release_name) if isinstance(conf, Mapping) else getattr(conf, release_name, None)
+        if value is not None:
+            given[argument] = value
     try:
-        config = UNetConfig.from_state_dict(unet_state)
+        return UNetConfig.from_state_dict(unet_state, **given)
     except (ValueError, KeyError) as error:
         raise ModelFileError(f"{path}: the UNet weights do not form a DVA UNet ({error}).") from error
-    conf = hparams.get("conf") if isinstance(hparams, Mapping) else None
-    if conf is None:
-        return config
-    overrides = {}
-    for release_name, field in _HPARAM_FIELDS.items():
-        value = getattr(conf, release_name, None) if not isinstance(conf, Mapping) else conf.get(release_name)
-        if value is not None:
-            overrides[field] = tuple(value) if isinstance(value, (list, tuple)) else value
-    return dataclasses.replace(config, **overrides)
 
 
 def _read_safetensors(path: Path) -> "tuple[Dict[str, Tensor], UNetConfig]":
@@ -204,8 +193,8 @@ def _load_strict(model: DVAModel, state: Mapping[str, Tensor], path: Path) -> No
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def _replace_encoders(model: DVAModel, files: EncoderFiles) -> None:
-    """Load the released stand-alone encoder files over the checkpoint's copies."""
+def load_encoder_files(model: DVAModel, files: EncoderFiles) -> None:
+    """Load the released stand-alone encoder files (those given) over ``model``'s encoders, in place."""
     targets = (
         (files.identity, model.encoder.idnet, face_encoder.idnet_state_from_file, "model_ir_se50.pth"),
         (files.landmarks, model.encoder.lndnet, face_encoder.lndnet_state_from_file,

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor
 
 from dva_model.constants import CELEBA_ATTRIBUTES, ID_DIM

@@ -11,11 +11,12 @@ import functools
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .arcface import IdentityEncoder
 from .bisenet import FaceParser
-from .constants import FACE_COND_DIM, ID_DIM, LANDMARK_DIM
+from .constants import CROP_SIZE, FACE_COND_DIM, ID_DIM, LANDMARK_DIM
 from .landmark_net import LandmarkEncoder, landmark_state_from_release, landmark_state_to_release
 
 _LANDMARK_RELEASE_PREFIX = "lndnet.backbone."
@@ -42,7 +43,13 @@ class FaceEncoder(nn.Module):
         return self.idnet(x)
 
     def encode_landmarks(self, x: Tensor) -> Tensor:
-        """Landmarks without the jaw: x [B, 3, 256, 256] float in [-1, 1] -> z_lnd [B, 102] in [0, 1]."""
+        """Landmarks without the jaw: x [B, 3, H, W] float in [-1, 1] -> z_lnd [B, 102] in [0, 1].
+
+        The regressor reads fixed pixel rows of a 256 crop, so crops of a model trained at another size
+        are first resized to 256 (bilinear, antialiased), in training and inference alike.
+        """
+        if x.shape[-2:] != (CROP_SIZE, CROP_SIZE):
+            x = F.interpolate(x, size=(CROP_SIZE, CROP_SIZE), mode="bilinear", antialias=True, align_corners=False)
         return self.lndnet(x)
 
     def face_condition(self, z_id: Tensor, z_lnd: Tensor) -> Tensor:

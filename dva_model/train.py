@@ -27,12 +27,11 @@ from typing import Any, Callable, Dict, Iterable, Literal, Optional, Sequence, T
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dva_model.bisenet import foreground_mask
 from dva_model.checkpoint import write_atomically
-from dva_model.constants import CROP_SIZE, TRAINING_MASK_EXCLUDED
+from dva_model.constants import TRAINING_MASK_EXCLUDED
 from dva_model.errors import UserError
 from dva_model.face_encoder import FaceEncoder
 from dva_model.model import DVAModel
@@ -108,13 +107,10 @@ def encode_conditions(encoder: FaceEncoder, frames: Tensor) -> Tuple[Tensor, Ten
     """The frozen encoders on training frames [B, 3, S, S] in [-1, 1], in float32.
 
     Returns (z_id [B, 512] unit, z_lnd [B, 102] in [0, 1], mask [B, 1, S, S] float {0, 1}: the training
-    foreground). The landmark net needs 256 x 256 crops: other sizes are resized (bilinear, antialiased).
+    foreground).
     """
-    crops = frames
-    if frames.shape[-1] != CROP_SIZE:
-        crops = F.interpolate(frames, size=(CROP_SIZE, CROP_SIZE), mode="bilinear", antialias=True, align_corners=False)
     z_id = encoder.encode_identity(frames).float()
-    z_lnd = encoder.encode_landmarks(crops).float()
+    z_lnd = encoder.encode_landmarks(frames).float()
     mask = foreground_mask(encoder.parse(frames), TRAINING_MASK_EXCLUDED)
     return z_id, z_lnd, mask
 

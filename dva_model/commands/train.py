@@ -170,7 +170,7 @@ def _initial_model(args: argparse.Namespace) -> DVAModel:
                   if not is_trainable(k)}
         model.load_state_dict({**model.state_dict(), **frozen}, strict=True)
     elif files is not None and files.identity and files.landmarks and files.parser:
-        checkpoint._replace_encoders(model, files)
+        checkpoint.load_encoder_files(model, files)
     else:
         raise UserError(
             "The frozen encoders need weights: pass --weights (a DVA checkpoint) or all three of --id-weights, "
