@@ -209,7 +209,8 @@ def build_clip(state: Dict[str, Tensor]) -> nn.Module:
                 "positional_embedding", "token_embedding.weight", "ln_final.weight")
     missing = [key for key in required if key not in state]
     if missing:
-        raise ModelFileError(f"Not the weights of a CLIP ViT (missing {', '.join(missing)}); pass OpenAI's ViT-B-16.pt.")
+        raise ModelFileError(f"Not the weights of a CLIP ViT (missing {', '.join(missing)}); "
+                             "pass OpenAI's ViT-B-16.pt.")
     state = {key: value for key, value in state.items() if key not in _NON_WEIGHT_KEYS}
     vision_width, _, patch_size, _ = state["visual.conv1.weight"].shape
     grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)

@@ -77,7 +77,8 @@ class LabelTable:
 
     def __post_init__(self) -> None:
         if self.labels.shape != (len(self.files), len(self.attributes)):
-            raise ValueError(f"labels must be [{len(self.files)}, {len(self.attributes)}], got {tuple(self.labels.shape)}.")
+            raise ValueError(f"labels must be [{len(self.files)}, {len(self.attributes)}], "
+                             f"got {tuple(self.labels.shape)}.")
 
     def select(self, attributes: Sequence[str]) -> "LabelTable":
         """The columns ``attributes`` (case-insensitive), in that order."""
@@ -255,13 +256,15 @@ def train_directions(
         raise ValueError(f"features must be [N, ({ID_DIM} or V, {ID_DIM})] and labels [N, K], got "
                          f"{tuple(features.shape)} and {tuple(labels.shape)}.")
     if labels.ndim != 2 or labels.shape[1] != len(attribute_names):
-        raise ValueError(f"labels must have one column per attribute name ({len(attribute_names)}), got {tuple(labels.shape)}.")
+        raise ValueError(f"labels must have one column per attribute name ({len(attribute_names)}), "
+                         f"got {tuple(labels.shape)}.")
     count, views = features.shape[:2]
     if count == 0:
         raise ValueError("No labelled identities to train on.")
     batch_size = min(config.batch_size, count)
     if batch_size < config.batch_size:
-        logger.warning("Only %d images: training with batches of %d instead of %d.", count, batch_size, config.batch_size)
+        logger.warning("Only %d images: training with batches of %d instead of %d.", count, batch_size,
+                       config.batch_size)
     known = ~torch.isnan(labels)
     targets = torch.where(known, (labels > 0).float(), torch.zeros_like(labels))
     normalised = (features.float() - mean.float()) / std.float()  # [N, V, 512]

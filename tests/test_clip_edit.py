@@ -159,7 +159,8 @@ def test_optimisation_lowers_the_loss_with_one_unet_call_per_iteration(small_mod
     with torch.no_grad():
         learnt = objective(e_0 + result.delta.delta[None])[1].clip
         generator = torch.Generator().manual_seed(5)
-        random = [objective(e_0 + result.delta.delta.norm() * F.normalize(torch.randn(1, ID_DIM, generator=generator)))[1].clip
+        length = result.delta.delta.norm()
+        random = [objective(e_0 + length * F.normalize(torch.randn(1, ID_DIM, generator=generator)))[1].clip
                   for _ in range(4)]
     assert learnt < min(random)
 
@@ -298,3 +299,40 @@ def test_load_clip_reads_every_supported_file_and_never_downloads(tmp_path, monk
     assert clip_loss_module.find_cached_clip_weights() == tmp_path / "cache" / "ViT-B-16.pt"
     with pytest.raises(ModelFileError):
         build_clip({"visual.conv1.weight": torch.zeros(1)})
+
+
+def test_clip_edit_command_from_a_latent(tmp_path, small_model, monkeypatch):
+    """`python -m dva_model clip-edit --latent ...`: the delta file, and crops decoded with it."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from dva_model import cli
+    from dva_model.checkpoint import save_model
+    from dva_model.latent_io import save_latent
+
+    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys(cli.COMMANDS + ("clip_edit",))))
+    checkpoint = save_model(tmp_path / "small.safetensors", small_model)
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip(seed=2).state_dict().items()}, str(weights))
+    generator = torch.Generator().manual_seed(4)
+    z_id = F.normalize(torch.randn(2, ID_DIM, generator=generator), dim=1)
+    latent = Latent(z_id=z_id, z_lnd=torch.rand(2, LANDMARK_DIM, generator=generator),
+                    x_T=torch.randn(2, 3, SMALL_SIZE, SMALL_SIZE, generator=generator), identity=z_id.mean(0),
+                    steps=2, frame_names=("a", "b"))
+    save_latent(tmp_path / "latent.safetensors", latent)
+    out, crops = tmp_path / "beard.safetensors", tmp_path / "edited"
+    common = ["--quiet", "clip-edit", "--checkpoint", str(checkpoint), "--latent", str(tmp_path / "latent.safetensors"),
+              "--source", "face", "--out", str(out), "--device", "cpu"]
+    status = cli.main(common + ["--target", "face with beard", "--clip-weights", str(weights), "--iterations", "3",
+                                "--reference-frame", "1", "--decode-out", str(crops), "--edit-norm", "unit"])
+    assert status == 0
+    delta = load_delta(out)
+    assert delta.info["iterations"] == 3 and delta.target_text == "face with beard" and delta.delta.norm() > 0
+    expected = small_model.decode(latent.x_T, apply_delta(latent.identity, delta, scale=0.5, norm="unit"),
+                                  latent.z_lnd, steps=2)
+    written = np.stack([np.asarray(Image.open(crops / f"{name}.png")) for name in ("a", "b")]).astype(np.float32)
+    expected_pixels = ((expected + 1) / 2 * 255).permute(0, 2, 3, 1).numpy()
+    assert np.abs(written - expected_pixels).max() <= 1.0
+    # A missing CLIP file is one sentence and exit status 2.
+    assert cli.main(common + ["--target", "beard", "--clip-weights", str(tmp_path / "absent.pt")]) == 2
