@@ -115,7 +115,7 @@ def download(server: str, item: Dict[str, str], destination: Path) -> Path:
 # ----------------------------------------------------------------------------------------- websocket
 
 
-class _WebSocket:
+class WebSocket:
     """Just enough of RFC 6455 to read ComfyUI's /ws status messages (text frames; binary skipped)."""
 
     def __init__(self, server: str, client_id: str):
@@ -192,7 +192,7 @@ class _WebSocket:
 
 
 def wait(server: str, prompt_id: str, *, on_message: Callable[[str, dict], None], timeout_s: float,
-         ws: Optional[_WebSocket] = None) -> Dict[str, Any]:
+         ws: Optional[WebSocket] = None) -> Dict[str, Any]:
     """Follow ``prompt_id`` until it finishes; returns its /history entry (status, outputs).
 
     ComfyUI adds a prompt to /history only once it has finished (successfully or not).
@@ -259,7 +259,7 @@ def run_prompt(server: str, prompt: Dict[str, Any], *, timeout_s: float = 3600,
     """Submit ``prompt`` and wait for it (websocket progress when available); returns its history."""
     client_id = uuid.uuid4().hex
     try:
-        ws = _WebSocket(server, client_id)
+        ws = WebSocket(server, client_id)
     except (OSError, ConnectionError):
         ws = None
     try:

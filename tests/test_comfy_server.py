@@ -1,0 +1,211 @@
+"""A real ComfyUI server with only this pack: /object_info, the shipped API workflow, caching, cancel.
+
+Skipped unless COMFYUI_DIR points at a ComfyUI checkout (main.py). The server runs with
+COMFYUI_PYTHON (default: <COMFYUI_DIR>/../venv/bin/python when it exists, else this interpreter),
+on the CPU, on a free port, with its own base directory; the pack and a models/dva folder come in
+through an extra_model_paths.yaml (so that route is exercised too). The checkpoint is a tiny random
+model in the released Lightning format, the clip a real talking-face video. DVA_SERVER_TEST_FRAMES
+sets how many frames to edit (default 4; 0 = the whole clip).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_nodes import PACK_NODES, comfy_host  # noqa: F401  (fixture used by name)
+from test_workflows import API_WORKFLOWS, CORE_NODES, _release_classifier, check_api_workflow
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+STARTUP_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 3600
+STEPS = 2  # DDIM steps: one inversion call and two decoding calls per frame batch
+EDIT_NODES = {"7", "8", "9", "10", "11"}  # attribute edit, decode, paste back, create + save video
+
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
+    reason="set COMFYUI_DIR to a ComfyUI checkout to run the real-server tests",
+)
+
+sys.path.insert(0, str(REPO))
+from tools import run_workflow as api  # noqa: E402
+
+
+def _python() -> str:
+    if os.environ.get("COMFYUI_PYTHON"):
+        return os.environ["COMFYUI_PYTHON"]
+    venv = Path(COMFYUI_DIR).resolve().parent / "venv" / "bin" / "python"
+    return str(venv) if venv.is_file() else sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_checkpoint):
+    """Start ComfyUI with only this pack; yields its URL; stops it afterwards."""
+    root = tmp_path_factory.mktemp("comfy")
+    base, packs, models = root / "base", root / "packs", root / "dva_models"
+    for folder in (base / "custom_nodes", packs, models / "diffusion_video_autoencoder"):
+        folder.mkdir(parents=True)
+    (packs / "ComfyUI-DVA").symlink_to(REPO)
+    (models / "diffusion_video_autoencoder" / "epoch=51-step=1000000.ckpt").symlink_to(tiny_checkpoint)
+    _release_classifier(models / "diffusion_video_autoencoder_cls" / "last.ckpt")
+    paths = root / "extra_model_paths.yaml"
+    paths.write_text(f"dva_test:\n  custom_nodes: {packs}\n  dva: {models}\n")
+    port = _free_port()
+    log = open(root / "comfy.log", "w")
+    command = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+               "--base-directory", str(base), "--extra-model-paths-config", str(paths)]
+    process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            try:
+                urllib.request.urlopen(url + "/system_stats", timeout=5).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI did not start:\n{(root / 'comfy.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return api.get_json(server, "/object_info")
+
+
+@pytest.fixture(scope="module")
+def prompt(server):
+    """The shipped API workflow pointed at an uploaded real clip, with a short selection and 2 steps."""
+    from media import single_face_video
+
+    workflow = json.loads(API_WORKFLOWS[0].read_text())
+    api.set_video(workflow, api.upload(server, single_face_video()))
+    frames = int(os.environ.get("DVA_SERVER_TEST_FRAMES", "4"))
+    api.set_inputs(workflow, [f"frame_cap={frames}", f"steps={STEPS}", "start_frame=0"])
+    return workflow
+
+
+def _expected_frames() -> int:
+    from dva_model.video import probe
+    from media import single_face_video
+
+    frames = int(os.environ.get("DVA_SERVER_TEST_FRAMES", "4"))
+    total = probe(single_face_video()).frame_count
+    return total if frames == 0 else min(frames, total)
+
+
+def _run(server, prompt):
+    events = []
+    history = api.run_prompt(server, prompt, timeout_s=RUN_TIMEOUT_S,
+                             on_message=lambda kind, data: events.append((kind, data)))
+    return history, events
+
+
+def test_object_info_lists_every_pack_node_as_declared(object_info, comfy_host):
+    from test_workflows import pack_info
+
+    assert PACK_NODES <= set(object_info)
+    ours = pack_info()
+    for name in PACK_NODES:
+        served = object_info[name]
+        assert served["category"] == "DVA" and served["output"] == ours[name]["output"], name
+        assert served["input_order"] == ours[name]["input_order"], name
+    for name, declared in CORE_NODES.items():
+        served = object_info[name]
+        assert served["output"] == declared["output"], name
+        for section in ("required", "optional"):
+            assert served["input_order"].get(section) == declared["input_order"].get(section), name
+        for section, inputs in declared["input"].items():
+            for input_name, spec in inputs.items():
+                assert served["input"][section][input_name][0] == spec[0], f"{name}.{input_name}"
+
+
+def test_shipped_workflow_returns_a_video_of_the_input_frame_count_and_size(server, object_info, prompt, tmp_path):
+    from dva_model.video import probe
+    from media import single_face_video
+
+    assert check_api_workflow(prompt, object_info) == []
+    history, events = _run(server, prompt)
+    api.check_success(history)
+    (video,) = api.output_files(history)
+    result = probe(api.download(server, video, tmp_path / "edited.mp4"))
+    source = probe(single_face_video())
+    assert result.frame_count == _expected_frames()
+    assert (result.width, result.height) == (source.width, source.height)
+    assert float(result.fps) == pytest.approx(float(source.fps), rel=1e-3) and result.has_audio
+    progress_nodes = {data.get("node") for kind, data in events if kind == "progress"}
+    assert {"4", "8"} <= progress_nodes, "encode and decode must report progress"
+
+
+def test_changing_only_the_edit_scale_reruns_only_edit_decode_and_paste(server, prompt):
+    prompt = json.loads(json.dumps(prompt))
+    prompt["7"]["inputs"]["scale"] = -0.3
+    history, events = _run(server, prompt)
+    api.check_success(history)
+    executed = {data["node"] for kind, data in events if kind == "executing" and data.get("node")}
+    assert executed == EDIT_NODES
+    assert set(api.cached_nodes(history)) == set(prompt) - EDIT_NODES
+
+
+def test_a_node_error_comes_back_as_one_sentence(server, prompt):
+    prompt = json.loads(json.dumps(prompt))
+    prompt["7"]["inputs"]["custom_attribute"] = "Mustash"
+    history, _ = _run(server, prompt)
+    with pytest.raises(api.WorkflowError) as error:
+        api.check_success(history)
+    message = str(error.value)
+    assert "node 7 (DVAAttributeEdit) failed" in message and "Unknown attribute 'Mustash'. Did you mean Mustache?" in message
+    assert "Traceback" not in message
+
+
+def test_cancel_stops_decoding_within_one_unet_call(server, prompt):
+    prompt = json.loads(json.dumps(prompt))
+    prompt["7"]["inputs"]["scale"] = 0.6  # only edit, decode and paste re-run
+    prompt["8"]["inputs"]["frames_per_call"] = 1  # one UNet call per frame and step: frames x steps calls
+    calls = _expected_frames() * STEPS
+    client = os.urandom(8).hex()
+    ws = api.WebSocket(server, client)
+    try:
+        prompt_id = api.submit(server, prompt, client)
+        seen_at_cancel, values, outcome = None, [], None
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while outcome is None and time.monotonic() < deadline:
+            message = ws.receive()
+            if message is None:
+                continue
+            kind, data = message.get("type"), message.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if kind == "progress" and data.get("node") == "8":
+                values.append(data["value"])
+                if seen_at_cancel is None:
+                    seen_at_cancel = data["value"]
+                    api.post_json(server, "/interrupt", {})
+            if kind in api.DONE_EVENTS:
+                outcome = kind
+    finally:
+        ws.close()
+    assert outcome == "execution_interrupted", "Cancel did not stop the decoding"
+    assert seen_at_cancel is not None and seen_at_cancel + 1 < calls
+    assert max(values) <= seen_at_cancel + 1, f"{max(values) - seen_at_cancel} UNet calls ran after Cancel"

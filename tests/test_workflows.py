@@ -1,0 +1,317 @@
+"""Every shipped workflow is checked against the nodes' declared inputs and outputs, and runs.
+
+- API format (workflows/api/*.json, what POST /prompt takes): class types exist, required inputs are
+  set, links point at existing outputs of the right type, widget values are allowed.
+- UI format (workflows/*.json, drag-and-drop / template browser): its links agree with its nodes'
+  slots and it describes the same graph, with the same values, as its API twin.
+- The attribute-edit graph runs end to end in-process (fake ComfyUI host, core video nodes replaced
+  by stand-ins) on a real clip with a tiny random checkpoint in the released file format.
+The same checks run against a real server's /object_info in tests/test_comfy_server.py.
+"""
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_nodes import comfy_host, install  # noqa: F401  (the fixture is used by name)
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
+UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # UI-only nodes, never sent to /prompt
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
+# Combos listing files of the user's folders: any name is allowed in a shipped workflow.
+FILE_INPUTS = {("DVAModelLoader", "checkpoint"), ("DVAClassifierLoader", "classifier"),
+               ("DVAClassifierLoader", "latent_stats"), ("DVAVideoLoad", "video"), ("DVALoadLatent", "latent_file")}
+
+# The core nodes the workflows use, as ComfyUI 0.3.6x's /object_info declares them (checked against a
+# real server in tests/test_comfy_server.py).
+CORE_NODES = {
+    "CreateVideo": {
+        "input": {"required": {"images": ["IMAGE", {}], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0}]},
+                  "optional": {"audio": ["AUDIO", {}]}},
+        "input_order": {"required": ["images", "fps"], "optional": ["audio"]},
+        "output": ["VIDEO"], "output_name": ["VIDEO"], "output_node": False,
+    },
+    "SaveVideo": {
+        "input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                               "format": ["COMBO", {"options": ["auto", "mp4"]}],
+                               "codec": ["COMBO", {"options": ["auto", "h264"]}]}},
+        "input_order": {"required": ["video", "filename_prefix", "format", "codec"]},
+        "output": [], "output_name": [], "output_node": True,
+    },
+}
+
+
+def node_info(node) -> dict:
+    """A V1 node class described as ComfyUI's /object_info describes it."""
+    declared = node.INPUT_TYPES()
+    return {
+        "input": declared,
+        "input_order": {section: list(inputs) for section, inputs in declared.items()},
+        "output": list(node.RETURN_TYPES),
+        "output_name": list(getattr(node, "RETURN_NAMES", node.RETURN_TYPES)),
+        "output_node": getattr(node, "OUTPUT_NODE", False),
+    }
+
+
+def pack_info() -> dict:
+    import nodes
+
+    return {name: node_info(node) for name, node in nodes.NODE_CLASS_MAPPINGS.items()}
+
+
+def _kind(spec) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def _options(spec) -> dict:
+    return spec[1] if len(spec) > 1 else {}
+
+
+def _combo_values(spec) -> list:
+    return spec[0] if isinstance(spec[0], list) else _options(spec).get("options", [])
+
+
+def _check_widget(class_type: str, name: str, spec, value) -> list:
+    kind, options = _kind(spec), _options(spec)
+    where = f"{class_type}.{name}={value!r}"
+    if kind == "COMBO":
+        if (class_type, name) not in FILE_INPUTS and value not in _combo_values(spec):
+            return [f"{where} is not one of {_combo_values(spec)}"]
+    elif kind in ("INT", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and not isinstance(value, int)):
+            return [f"{where} is not an {kind}"]
+        if not options.get("min", value) <= value <= options.get("max", value):
+            return [f"{where} is outside {options.get('min')}..{options.get('max')}"]
+    elif kind == "BOOLEAN" and not isinstance(value, bool):
+        return [f"{where} is not a boolean"]
+    elif kind == "STRING" and not isinstance(value, str):
+        return [f"{where} is not a string"]
+    return []
+
+
+def check_api_workflow(prompt: dict, info: dict) -> list:
+    """Problems of an API-format workflow against node declarations (/object_info layout); [] if none."""
+    problems = []
+    for node_id, node in prompt.items():
+        class_type = node.get("class_type")
+        if class_type not in info:
+            problems.append(f"node {node_id}: unknown class_type {class_type!r}")
+            continue
+        declared = {**info[class_type]["input"].get("required", {}), **info[class_type]["input"].get("optional", {})}
+        for name in info[class_type]["input"].get("required", {}):
+            if name not in node["inputs"]:
+                problems.append(f"node {node_id} ({class_type}): required input {name!r} is missing")
+        for name, value in node["inputs"].items():
+            if name not in declared:
+                problems.append(f"node {node_id} ({class_type}): unknown input {name!r}")
+            elif isinstance(value, list):
+                source, slot = value
+                if source not in prompt or prompt[source]["class_type"] not in info:
+                    problems.append(f"node {node_id}.{name}: links to missing node {source}")
+                    continue
+                outputs = info[prompt[source]["class_type"]]["output"]
+                wanted = _kind(declared[name])
+                if slot >= len(outputs):
+                    problems.append(f"node {node_id}.{name}: node {source} has no output {slot}")
+                elif wanted != "*" and outputs[slot] != wanted:
+                    problems.append(f"node {node_id}.{name}: expects {wanted}, linked to a {outputs[slot]}")
+            elif _kind(declared[name]) in WIDGET_TYPES:
+                problems.extend(f"node {node_id}: {p}" for p in _check_widget(class_type, name, declared[name], value))
+            else:
+                problems.append(f"node {node_id}.{name}: a {_kind(declared[name])} input needs a link")
+    if not problems and topological_order(prompt) is None:
+        problems.append("the graph has a cycle")
+    return problems
+
+
+def topological_order(prompt: dict):
+    """Node ids with every node after the nodes it reads from, or None for a cyclic graph."""
+    order, state = [], {}
+
+    def visit(node_id) -> bool:
+        if state.get(node_id) == "done":
+            return True
+        if state.get(node_id) == "open":
+            return False
+        state[node_id] = "open"
+        for value in prompt[node_id]["inputs"].values():
+            if isinstance(value, list) and not visit(value[0]):
+                return False
+        state[node_id] = "done"
+        order.append(node_id)
+        return True
+
+    return order if all(visit(node_id) for node_id in sorted(prompt, key=int)) else None
+
+
+def ui_to_api(workflow: dict, info: dict) -> dict:
+    """The API-format graph a UI-format workflow stands for (checking its slots on the way)."""
+    links = {link[0]: link for link in workflow["links"]}
+    by_id = {node["id"]: node for node in workflow["nodes"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        spec = info[node["type"]]
+        inputs, values = {}, list(node.get("widgets_values", []))
+        slots = {entry["name"]: (index, entry) for index, entry in enumerate(node.get("inputs", []))}
+        for section in ("required", "optional"):
+            for name in spec["input_order"].get(section, []):
+                declared = spec["input"][section][name]
+                if _kind(declared) in WIDGET_TYPES:
+                    assert values, f"UI node {node['id']} ({node['type']}) has too few widget values"
+                    inputs[name] = values.pop(0)
+                    if any(_options(declared).get(flag) for flag in UPLOAD_FLAGS):
+                        values.pop(0)  # the upload button's own widget value
+                if name in slots and slots[name][1].get("link") is not None:
+                    index, entry = slots[name]
+                    link_id, source, source_slot, target, target_slot, kind = links[entry["link"]]
+                    assert (target, target_slot) == (node["id"], index), f"link {link_id} does not end at its slot"
+                    assert link_id in (by_id[source]["outputs"][source_slot]["links"] or []), f"link {link_id} not on its output"
+                    assert kind == by_id[source]["outputs"][source_slot]["type"] == spec_output(info, by_id[source], source_slot)
+                    inputs[name] = [str(source), source_slot]
+        assert not values, f"UI node {node['id']} ({node['type']}) has extra widget values {values}"
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def spec_output(info: dict, node: dict, slot: int) -> str:
+    return info[node["type"]]["output"][slot]
+
+
+def strip_meta(prompt: dict) -> dict:
+    return {node_id: {"class_type": node["class_type"], "inputs": node["inputs"]} for node_id, node in prompt.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_there_is_an_attribute_edit_workflow_in_both_formats():
+    assert [p.name for p in API_WORKFLOWS] == [p.name for p in UI_WORKFLOWS] == ["attribute_edit.json"]
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.name)
+def test_api_workflow_matches_the_declared_nodes(comfy_host, path):
+    prompt = json.loads(path.read_text())
+    assert check_api_workflow(prompt, {**pack_info(), **CORE_NODES}) == []
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
+def test_ui_workflow_is_the_same_graph_as_its_api_twin(comfy_host, path):
+    workflow = json.loads(path.read_text())
+    info = {**pack_info(), **CORE_NODES}
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
+    assert workflow["last_node_id"] == max(node["id"] for node in workflow["nodes"])
+    api = strip_meta(json.loads((WORKFLOWS / "api" / path.name).read_text()))
+    assert ui_to_api(workflow, info) == api
+
+
+def test_the_checker_catches_a_mistyped_link_and_a_bad_value(comfy_host):
+    prompt = json.loads(API_WORKFLOWS[0].read_text())
+    info = {**pack_info(), **CORE_NODES}
+    prompt["8"]["inputs"]["identity"] = ["4", 0]  # a DVA_LATENT where a DVA_IDENTITY belongs
+    prompt["9"]["inputs"]["mask_preset"] = "everything"
+    prompt["4"]["inputs"]["steps"] = 5000
+    problems = check_api_workflow(prompt, info)
+    assert any("expects DVA_IDENTITY, linked to a DVA_LATENT" in p for p in problems), problems
+    assert any("mask_preset='everything'" in p for p in problems) and any("steps=5000" in p for p in problems)
+
+
+# ------------------------------------------------------------------------------------------------
+# The graph, end to end, in-process
+
+
+class _CreateVideo:
+    """Stand-in for core CreateVideo: bundles the frames, fps and audio."""
+
+    FUNCTION = "execute"
+
+    @classmethod
+    def execute(cls, images, fps, audio=None):
+        return ({"images": images, "fps": fps, "audio": audio},)
+
+
+class _SaveVideo:
+    """Stand-in for core SaveVideo: writes an MP4 with the library's writer."""
+
+    FUNCTION = "execute"
+
+    @classmethod
+    def execute(cls, video, filename_prefix, format, codec):
+        import folder_paths
+        from dva_model.video import write_video
+
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+        path = Path(folder) / f"{name}_{counter:05}_.mp4"
+        write_video(path, video["images"], fps=Fraction(video["fps"]).limit_denominator(1000))
+        return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}]}}
+
+
+def run_in_process(prompt: dict) -> dict:
+    """Execute an API-format workflow the way ComfyUI does, node by node; returns every node's outputs."""
+    import nodes
+
+    classes = {**nodes.NODE_CLASS_MAPPINGS, "CreateVideo": _CreateVideo, "SaveVideo": _SaveVideo}
+    results = {}
+    for node_id in topological_order(prompt):
+        node = prompt[node_id]
+        cls = classes[node["class_type"]]
+        inputs = {name: results[value[0]][value[1]] if isinstance(value, list) else value
+                  for name, value in node["inputs"].items()}
+        with torch.inference_mode():  # as ComfyUI runs every node
+            output = getattr(cls(), cls.FUNCTION)(**inputs)
+        results[node_id] = output.get("result", ()) + (output.get("ui"),) if isinstance(output, dict) else output
+    return results
+
+
+def _release_classifier(path: Path) -> Path:
+    """A random attribute classifier in the release's Lightning layout (last.ckpt)."""
+    generator = torch.Generator().manual_seed(11)
+    state = {"classifier.weight": torch.randn(40, 512, generator=generator),
+             "classifier.bias": torch.randn(40, generator=generator),
+             "conds_mean": torch.randn(1, 512, generator=generator) * 0.01,
+             "conds_std": torch.rand(1, 512, generator=generator) * 0.05 + 0.02}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    return path
+
+
+def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_checkpoint):
+    from dva_model.video import probe
+    from media import single_face_video
+
+    prompt = json.loads(API_WORKFLOWS[0].read_text())
+    dva = comfy_host.models / "dva"
+    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
+    _release_classifier(dva / prompt["6"]["inputs"]["classifier"])
+    install(single_face_video(), comfy_host.input, prompt["2"]["inputs"]["video"])
+    prompt["2"]["inputs"].update(start_frame=30, frame_cap=2)
+    prompt["4"]["inputs"]["steps"] = 2
+    prompt["7"]["inputs"]["scale"] = 0.5
+
+    results = run_in_process(prompt)
+
+    frames, fps, audio, count = results["2"]
+    faces, aligned = results["3"]
+    edited_crops = results["8"][0]
+    pasted, mask = results["9"]
+    assert count == 2 and frames.shape == (2, 360, 640, 3) and fps == 30.0 and audio["sample_rate"] > 0
+    assert faces.has_face.all() and aligned.shape == edited_crops.shape == (2, 256, 256, 3)
+    assert pasted.shape == frames.shape and mask.shape == (2, 360, 640)
+    outside = mask == 0
+    assert outside.float().mean() > 0.5, "the face covers a small part of the frame"
+    assert torch.equal(pasted[outside], frames[outside]), "pixels outside the paste mask must be the input's"
+    assert (pasted - frames).abs().amax(dim=-1)[mask > 0.5].mean() > 1e-3, "the edited face was not pasted"
+    latent = results["4"][0]
+    assert latent.x_T.shape == (2, 3, 256, 256) and latent.steps == 2
+    assert not torch.equal(results["7"][0].edited(), latent.identity), "scale 0.5 must change the identity"
+    (saved,) = results["11"][-1]["images"]
+    written = probe(comfy_host.output / saved["subfolder"] / saved["filename"])
+    assert (written.frame_count, written.width, written.height) == (2, 640, 360)
