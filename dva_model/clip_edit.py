@@ -252,7 +252,8 @@ class EditObjective:
         config = self.config
         edited = self.edited_states(e)
         target_features = self.clip_loss.image_features(edited)
-        loss_clip = log_directional_loss(self.clip_loss(self.source_features, target_features, self.text_direction))
+        directional = self.clip_loss(self.source_features, target_features, self.text_direction)
+        loss_clip = log_directional_loss(directional).to(edited.device)  # CLIP may sit on another device
         loss_id = 1 - (F.normalize(e, dim=1)[0] * self.e_0[0]).sum()
         loss_l1 = (self.source * self.mask - edited * self.mask).abs().mean()
         loss = config.clip_weight * loss_clip + config.identity_weight * loss_id + config.l1_weight * loss_l1

@@ -127,8 +127,10 @@ class ClipDirectionalLoss(nn.Module):
         return (x - self.mean) / self.std
 
     def image_features(self, images: Tensor) -> Tensor:
-        """E_img: images [B, 3, H, W] in [-1, 1] -> [B, D] float32 unit features (autograd follows the caller)."""
-        features = self.clip.encode_image(self.preprocess(images).to(self._clip_dtype())).float()
+        """E_img: images [B, 3, H, W] in [-1, 1] -> [B, D] float32 unit features on the CLIP model's device
+        (autograd follows the caller)."""
+        x = self.preprocess(images.to(self.mean.device))
+        features = self.clip.encode_image(x.to(self._clip_dtype())).float()
         return features / features.norm(dim=-1, keepdim=True)
 
     def forward(self, source_features: Tensor, target_features: Tensor, text_direction: Tensor) -> Tensor:
