@@ -223,7 +223,8 @@ class ModelHandle:
         import comfy.model_management as mm
 
         needed = frames_per_call * UNET_BYTES_PER_FRAME if self.device.type != "cpu" else 0
-        mm.load_models_gpu([self.patcher], memory_required=needed, force_full_load=True)
+        with torch.inference_mode(False):  # weights moved here stay usable by gradient-based nodes
+            mm.load_models_gpu([self.patcher], memory_required=needed, force_full_load=True)
         return self.model
 
     def frames_per_call(self, requested: int) -> int:
@@ -262,7 +263,8 @@ def load_dva_model(path: Path, *, device: torch.device, dtype: torch.dtype) -> M
     import comfy.model_patcher
 
     offload = torch.device("cpu") if device.type == "cpu" else mm.unet_offload_device()
-    model = load_model(path, device=offload, dtype=dtype)
+    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; keep normal tensors
+        model = load_model(path, device=offload, dtype=dtype)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=offload)
     handle = ModelHandle(model=model, patcher=patcher, model_id=model_fingerprint(path), device=device, dtype=dtype)
     with _cache_lock:

@@ -68,7 +68,8 @@ class DVAPasteBack:
                                                           composite=composite))
         numbers = [faces.indices[row] for row in faces.face_rows]
         masks = paste_masks(model.acquire(), faces.crops, edited, numbers, config=config).cpu()
-        out, alpha = composite_frames(frames, faces, edited, masks, composite=composite, callback=progress_callback())
+        out, alpha = composite_frames(frames, faces, edited, masks, composite=composite, device=model.device,
+                                      callback=progress_callback())
         return (out.to(intermediate_device()), alpha.to(intermediate_device()))
 
 
@@ -85,8 +86,8 @@ def _check_sizes(frames, faces, edited) -> None:
                          "DVA DDIM Decode's output.")
 
 
-def composite_frames(frames, faces, edited, masks, *, composite, callback=None):
-    """Paste chunk by chunk: (frames [N, H, W, 3], alpha [N, H, W]) with the edits in place.
+def composite_frames(frames, faces, edited, masks, *, composite, device, callback=None):
+    """Paste chunk by chunk on ``device``: (frames [N, H, W, 3], alpha [N, H, W]) on the CPU, edits in place.
 
     edited: [M, 3, S, S] in [-1, 1] and masks [M, 1, S, S], one per frame with a face (faces.face_rows).
     """
@@ -105,13 +106,16 @@ def composite_frames(frames, faces, edited, masks, *, composite, callback=None):
         rows, has_face = crop_row[positions], crop_row[positions] >= 0
         pick = torch.as_tensor(np.where(has_face, rows, 0))
         quads = np.where(has_face[:, None, None], faces.quads[positions], 0.0)
-        source = faces.crops[pick] if composite == "release" else None
-        outputs.append(paste_back(frames[start: start + len(positions)], edited[pick], masks[pick], quads,
-                                  source=source, has_face=has_face, composite=composite))
+        source = faces.crops[pick].to(device) if composite == "release" else None
+        chunk = frames[start: start + len(positions)].to(device)
+        outputs.append(paste_back(chunk, edited[pick].to(device), masks[pick].to(device), quads,
+                                  source=source, has_face=has_face, composite=composite).cpu())
         alpha = torch.zeros(len(positions), height, width)
         if has_face.any():
-            face_mask = masks[pick[has_face]] if composite == "frame" else torch.ones_like(masks[pick[has_face]])
-            alpha[torch.as_tensor(has_face)] = warp_to_frames(face_mask, quads[has_face], height, width)[:, 0].clamp(0, 1)
+            face_mask = masks[pick[has_face]].to(device)
+            face_mask = face_mask if composite == "frame" else torch.ones_like(face_mask)
+            warped = warp_to_frames(face_mask, quads[has_face], height, width)[:, 0].clamp(0, 1)
+            alpha[torch.as_tensor(has_face)] = warped.cpu()
         alphas.append(alpha)
         if callback is not None:
             callback(int(positions[-1]) + 1, count)

@@ -243,9 +243,13 @@ def test_loader_caches_one_model_per_file_precision_and_device(comfy_host, tiny_
     loader = pack_nodes()["DVAModelLoader"]
     name = install(tiny_safetensors, comfy_host.models / "dva", "tiny.safetensors")
     assert name in loader.INPUT_TYPES()["required"]["checkpoint"][0]
-    (first,) = loader.execute(name, "auto", "auto")
-    (again,) = loader.execute(name, "fp32", "cpu")
-    (half,) = loader.execute(name, "bf16", "cpu")
+    with torch.inference_mode():  # as ComfyUI runs every node
+        (first,) = loader.execute(name, "auto", "auto")
+        (again,) = loader.execute(name, "fp32", "cpu")
+        (half,) = loader.execute(name, "bf16", "cpu")
+        first.acquire()
+    assert not any(p.is_inference() for p in first.model.parameters()), \
+        "weights loaded inside ComfyUI's inference mode must stay usable by gradient-based nodes (CLIP edit)"
     assert again is first, "the same file, precision and device must share one loaded model"
     assert half is not first and half.dtype == torch.bfloat16
     assert first.patcher.model is first.model and first.model_id.startswith("tiny.safetensors")
