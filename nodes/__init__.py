@@ -22,6 +22,9 @@ NODES = {
     "edit": {"DVAIdentityAverage": "DVA Identity Average", "DVAAttributeEdit": "DVA Attribute Edit"},
     "decode": {"DVADDIMDecode": "DVA DDIM Decode"},
     "paste": {"DVAPasteBack": "DVA Paste Back"},
+    "clip_edit": {"DVACLIPLoader": "DVA CLIP Loader", "DVACLIPEdit": "DVA CLIP Edit",
+                  "DVAApplyIdentityDelta": "DVA Apply Identity Delta", "DVASaveIdentityDelta": "DVA Save Identity Delta",
+                  "DVALoadIdentityDelta": "DVA Load Identity Delta"},
 }
 
 NODE_CLASS_MAPPINGS = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_nodes import PACK_NODES, comfy_host  # noqa: F401  (fixture used by name)
-from test_workflows import API_WORKFLOWS, CORE_NODES, _release_classifier, check_api_workflow
+from test_workflows import CORE_NODES, WORKFLOWS, _release_classifier, check_api_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -99,7 +99,7 @@ def prompt(server):
     """The shipped API workflow pointed at an uploaded real clip, with a short selection and 2 steps."""
     from media import single_face_video
 
-    workflow = json.loads(API_WORKFLOWS[0].read_text())
+    workflow = json.loads((WORKFLOWS / "api" / "attribute_edit.json").read_text())
     api.set_video(workflow, api.upload(server, single_face_video()))
     frames = int(os.environ.get("DVA_SERVER_TEST_FRAMES", "4"))
     api.set_inputs(workflow, [f"frame_cap={frames}", f"steps={STEPS}", "start_frame=0"])

@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACK_NODES = {
     "DVAModelLoader", "DVAClassifierLoader", "DVAVideoLoad", "DVAFaceAlign", "DVAEncode", "DVASaveLatent",
     "DVALoadLatent", "DVAIdentityAverage", "DVAAttributeEdit", "DVADDIMDecode", "DVAPasteBack",
+    "DVACLIPLoader", "DVACLIPEdit", "DVAApplyIdentityDelta", "DVASaveIdentityDelta", "DVALoadIdentityDelta",
 }
 HEAVY_MODULES = ("dva_model.unet", "dva_model.model", "dva_model.checkpoint", "av", "dlib", "kornia", "scipy",
-                 "safetensors")
+                 "safetensors", "open_clip")
 
 
 class InterruptProcessingException(Exception):
