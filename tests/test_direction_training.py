@@ -17,6 +17,7 @@ from dva_model.direction_training import (
 )
 from dva_model.errors import UserError
 from dva_model.testing import single_thread
+from test_nodes import comfy_host, install  # noqa: F401  (fixture used by name)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,7 +125,7 @@ def test_face_images_are_resized_and_centre_cropped(tmp_path):
     assert image[:, :, 5:-5].min() > 0.9  # only the white centre survives the crop
 
 
-def test_train_direction_command(tmp_path, tiny_safetensors, monkeypatch):
+def test_train_direction_command(tmp_path, tiny_safetensors, monkeypatch, comfy_host):
     monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys(cli.COMMANDS + ("train_direction",))))
     images = tmp_path / "faces"
     images.mkdir()
@@ -153,3 +154,16 @@ def test_train_direction_command(tmp_path, tiny_safetensors, monkeypatch):
                               "--attributes", "Tattoo"]) == 0
     assert load_classifier(again).attribute_names == ("Tattoo",)
     assert cli.main(common + ["--checkpoint", str(tiny_safetensors), "--out", str(again), "--format", "release"]) == 2
+
+    # ComfyUI: DVA Classifier Loader reads the file, DVA Attribute Edit moves along a custom direction.
+    from nodes.edit import DVAAttributeEdit
+    from nodes.load import DVAClassifierLoader
+    from nodes.types import Identity
+
+    name = install(out, comfy_host.models / "dva", "directions/freckles.safetensors")
+    (loaded,) = DVAClassifierLoader.execute(name, "none")
+    z_id = 0.95 * F.normalize(features[0, 0], dim=0)
+    (edited,) = DVAAttributeEdit.execute(Identity(base=z_id), loaded, "Mustache", 0.3, "unit (as released)",
+                                         custom_attribute="Freckles")
+    expected = _published_edit(z_id, directions.weight[0], directions.mean, directions.std, 0.3)
+    torch.testing.assert_close(edited.edited(), expected)
