@@ -82,9 +82,7 @@ class ClipEditConfig:
         weights = (self.clip_weight, self.identity_weight, self.l1_weight)
         if any(not w >= 0 for w in weights):
             raise ValueError(f"Loss weights must be >= 0, got clip/identity/l1 = {weights}.")
-        respaced_timesteps(self.trajectory_steps)  # raises for step counts the release cannot space
-        if self.trajectory_steps < 2:
-            raise ValueError(f"trajectory_steps must be at least 2, got {self.trajectory_steps}.")
+        respaced_timesteps(self.trajectory_steps)  # raises for 1 and for counts the release cannot space
 
 
 @dataclass(frozen=True, kw_only=True)
