@@ -52,8 +52,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_checkpoint):
-    """Start ComfyUI with only this pack; yields its URL; stops it afterwards."""
+def server_process(tmp_path_factory, tiny_checkpoint):
+    """Start ComfyUI with only this pack; yields (its URL, its log file); stops it afterwards."""
     root = tmp_path_factory.mktemp("comfy")
     base, packs, models = root / "base", root / "packs", root / "dva_models"
     for folder in (base / "custom_nodes", packs, models / "diffusion_video_autoencoder"):
@@ -79,7 +79,7 @@ def server(tmp_path_factory, tiny_checkpoint):
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"ComfyUI did not start:\n{(root / 'comfy.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url
+        yield url, root / "comfy.log"
     finally:
         process.terminate()
         try:
@@ -87,6 +87,11 @@ def server(tmp_path_factory, tiny_checkpoint):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(server_process):
+    return server_process[0]
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +214,33 @@ def test_cancel_stops_decoding_within_one_unet_call(server, prompt):
     assert outcome == "execution_interrupted", "Cancel did not stop the decoding"
     assert seen_at_cancel is not None and seen_at_cancel + 1 < calls
     assert max(values) <= seen_at_cancel + 1, f"{max(values) - seen_at_cancel} UNet calls ran after Cancel"
+
+
+def test_the_model_comes_back_after_comfyui_unloads_it(server_process, prompt):
+    server, log = server_process
+    loads_before = log.read_text().count("Requested to load DVAModel")
+    api.post_json(server, "/free", {"unload_models": True})  # honoured after the next prompt
+    for scale in (0.1, 0.2):  # the first run triggers the unload, the second must load the model again
+        edited = json.loads(json.dumps(prompt))
+        edited["7"]["inputs"]["scale"] = scale
+        history, _ = _run(server, edited)
+        api.check_success(history)
+    assert log.read_text().count("Requested to load DVAModel") > loads_before
+
+
+def test_run_workflow_script_uploads_runs_and_downloads(server, prompt, tmp_path):
+    from dva_model.video import probe
+    from media import single_face_video
+
+    api.check_success(_run(server, prompt)[0])  # the clip is aligned and inverted on the server already
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text(json.dumps(prompt))
+    out = tmp_path / "out.mp4"
+    command = [sys.executable, str(REPO / "tools" / "run_workflow.py"), str(workflow), "--server", server,
+               "--video", str(single_face_video()), "--set", "7.scale=0.35", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cached (not re-run): 1, 2, 3, 4, 5, 6" in result.stderr, "re-uploading the same clip must keep the cache"
+    assert probe(out).frame_count == _expected_frames()
+    bad = subprocess.run(command[:5] + ["--set", "no_such_input=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no node has a widget input named 'no_such_input'" in bad.stderr

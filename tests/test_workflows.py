@@ -316,3 +316,26 @@ def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_ch
     (saved,) = results["11"][-1]["images"]
     written = probe(comfy_host.output / saved["subfolder"] / saved["filename"])
     assert (written.frame_count, written.width, written.height) == (2, 640, 360)
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/run_workflow.py: the overrides it applies before posting
+
+
+def test_run_workflow_overrides_inputs_and_points_loaders_at_the_video():
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from tools.run_workflow import set_inputs, set_video
+
+    prompt = json.loads((WORKFLOWS / "api" / "attribute_edit.json").read_text())
+    set_video(prompt, "clip (1).mp4")
+    set_inputs(prompt, ["scale=-0.4", "4.steps=20", "attribute=Young", "11.filename_prefix=out/x"])
+    assert prompt["2"]["inputs"]["video"] == "clip (1).mp4"
+    assert prompt["7"]["inputs"]["scale"] == -0.4 and prompt["7"]["inputs"]["attribute"] == "Young"
+    assert prompt["4"]["inputs"]["steps"] == 20 and prompt["11"]["inputs"]["filename_prefix"] == "out/x"
+    assert prompt["8"]["inputs"]["frames_per_call"] == 0
+    with pytest.raises(ValueError, match="no node has a widget input named 'identity'"):
+        set_inputs(prompt, ["identity=3"])  # a link, not a widget
+    with pytest.raises(ValueError, match="not NAME=VALUE"):
+        set_inputs(prompt, ["scale"])

@@ -80,8 +80,12 @@ def post_json(server: str, path: str, payload: Any) -> Any:
     return json.loads(_request(server, path, data=body, headers={"Content-Type": "application/json"}) or b"{}")
 
 
-def upload(server: str, path: Path, *, overwrite: bool = True) -> str:
-    """Store ``path`` in the server's input folder (POST /upload/image); returns its name there."""
+def upload(server: str, path: Path, *, overwrite: bool = False) -> str:
+    """Store ``path`` in the server's input folder (POST /upload/image); returns its name there.
+
+    Without ``overwrite`` the server keeps an identical file that is already there (so its cached
+    results stay valid) and renames a different file of the same name.
+    """
     boundary = uuid.uuid4().hex
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     fields = [(b'name="overwrite"', b"true" if overwrite else b"false"), (b'name="type"', b"input")]
