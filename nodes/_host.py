@@ -29,11 +29,10 @@ MODEL_FOLDER = "dva"
 MODEL_EXTENSIONS = (".ckpt", ".safetensors", ".pt", ".pth", ".pkl", ".dat", ".tar")
 # How many loaded DVA models the process keeps (each is ~1 GB of host memory at full size).
 MODEL_CACHE_SIZE = 2
-# Activation memory the UNet needs per frame per call at 256x256 in 16-bit precision, asked of
+# Estimated activation memory of one frame in one UNet call at 256x256 (eager, 16-bit), asked of
 # ComfyUI's memory manager so that it frees room for a batch before we run it (eager PyTorch).
 UNET_BYTES_PER_FRAME = 1536 * 1024 * 1024
 MAX_AUTO_BATCH = 64
-DEFAULT_CPU_BATCH = 8
 
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICES = ("auto", "cpu")
@@ -134,6 +133,13 @@ def input_path(name: str) -> Path:
     return Path(path)
 
 
+def file_fingerprint(name: str) -> str:
+    """Path, size and modification time of an input-folder file: ComfyUI re-runs a loader when it changes."""
+    path = input_path(name)
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def output_path(prefix: str, suffix: str) -> Tuple[Path, str, str]:
     """A new numbered file in ComfyUI's output folder: (path, file name, subfolder)."""
     import folder_paths
@@ -232,7 +238,9 @@ class ModelHandle:
         if requested > 0:
             return requested
         if self.device.type == "cpu":
-            return DEFAULT_CPU_BATCH
+            from dva_model.model import DEFAULT_BATCH_SIZE
+
+            return DEFAULT_BATCH_SIZE
         import comfy.model_management as mm
 
         free = mm.get_free_memory(self.device)

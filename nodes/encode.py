@@ -2,7 +2,7 @@
 
 import os
 
-from ._host import input_path, output_path, progress_callback, require_all
+from ._host import file_fingerprint, input_path, output_path, progress_callback, require_all
 from .types import FACES, LATENT, MODEL
 
 LATENT_SUFFIX = ".safetensors"
@@ -43,11 +43,11 @@ class DVAEncode:
         from dva_model.latent_io import Latent
         from dva_model.model import mean_identity
 
-        dva = model.acquire(frames_per_call=model.frames_per_call(frames_per_call))
+        batch, callback = model.frames_per_call(frames_per_call), progress_callback()
+        dva = model.acquire(frames_per_call=batch)
         if faces.config.size != dva.image_size:
             raise ValueError(f"The model works on {dva.image_size}px crops but DVA Face Align made "
                              f"{faces.config.size}px ones; set its crop_size to {dva.image_size}.")
-        batch, callback = model.frames_per_call(frames_per_call), progress_callback()
         z_id, z_lnd = dva.encode_features(faces.crops, batch_size=batch, callback=callback)
         identity = mean_identity(z_id)
         x_T = dva.invert(faces.crops, identity, z_lnd, steps=steps, batch_size=batch, callback=callback)
@@ -106,8 +106,7 @@ class DVALoadLatent:
 
     @classmethod
     def IS_CHANGED(cls, latent_file):
-        stat = os.stat(input_path(latent_file))
-        return f"{stat.st_size}:{stat.st_mtime_ns}"
+        return file_fingerprint(latent_file)
 
     @classmethod
     def VALIDATE_INPUTS(cls, latent_file):

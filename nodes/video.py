@@ -4,9 +4,7 @@ The outputs are ComfyUI's own types, so the edited frames can go to core Create 
 to VideoHelperSuite's Video Combine, or to any IMAGE node.
 """
 
-import os
-
-from ._host import input_files, input_path, require_all
+from ._host import file_fingerprint, input_files, input_path, require_all
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
 GIB = 1 << 30
@@ -51,9 +49,7 @@ class DVAVideoLoad:
 
     @classmethod
     def IS_CHANGED(cls, video, **_):
-        path = input_path(video)
-        stat = os.stat(path)
-        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        return file_fingerprint(video)
 
     @classmethod
     def VALIDATE_INPUTS(cls, video, **_):
