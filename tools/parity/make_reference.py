@@ -177,11 +177,18 @@ def make_checkpoints(ref, crops: torch.Tensor, out: Path, *, width: int, seed: i
     conf = tiny_conf(ref, width)
     with quiet():
         lit = ref.experiment.LitModel(conf)
-    for offset, net in enumerate((lit.model, lit.ema_model)):
+    alpha_bar = torch.from_numpy(lit.sampler.alphas_cumprod)  # the full 1000-step process, float64
+    init_stats = {}
+    for offset, (name, net) in enumerate((("model", lit.model), ("ema_model", lit.ema_model))):
         g = torch.Generator().manual_seed(seed * 10 + offset)
         parity_init.randomize_unet_(net, g)
         parity_init.randomize_encoder_(net.encoder, crops, g)
         net.eval()
+        with torch.no_grad():
+            z_face = net.encoder(crops)
+        init_stats[name] = parity_init.fit_output_head_(net, crops, z_face, alpha_bar, g)
+        log(f"{name}: output head fitted, {init_stats[name]}")
+    (folder / "init_stats.json").write_text(json.dumps(init_stats, indent=2))
     state_dict = lit.state_dict()
     check_all_differ(state_dict)
     g = torch.Generator().manual_seed(seed * 10 + 2)
@@ -381,14 +388,6 @@ def main(argv=None) -> int:
     if not torch.equal(result["crops"], crops):
         raise AssertionError("the reference run did not see the saved crops")
 
-    noise_floor = {}
-    if args.noise_floor:
-        single = run_reference(ref, model, cls_model, out / "aligned", batch_size=1, with_mask=False, **run)
-        noise_floor = {k: max_abs(result[k], single[k]) for k in
-                       ("z_id", "z_lnd", "x_T", "recon", "edit")}
-        noise_floor["x_T_relative"] = noise_floor["x_T"] / float(result["x_T"].abs().max())
-        timings["noise_floor_run"] = time.perf_counter() - start - sum(timings.values())
-
     metadata = {
         "steps": args.steps, "attribute": args.attribute, "scale": args.scale, "width": args.width,
         "seed": args.seed, "batch_size": args.batch_size, "stride": args.stride,
@@ -399,11 +398,23 @@ def main(argv=None) -> int:
                   "z_id [N,512]; z_id_mean/z_id_edit [1,512]; z_lnd [N,102]; z_face(_edit) [N,512]; "
                   "mask [N,1,256,256] paste-back foreground",
     }
-    write_outputs(ref, result, out, attribute=args.attribute, scale=args.scale, frames_dir=frames_dir,
+    write_outputs(ref, dict(result), out, attribute=args.attribute, scale=args.scale, frames_dir=frames_dir,
                   inverse=inverse, metadata=metadata)
+    log("reference outputs written")
+
+    noise_floor = {}
+    if args.noise_floor:
+        single = run_reference(ref, model, cls_model, out / "aligned", batch_size=1, with_mask=False, **run)
+        noise_floor = {k: max_abs(result[k], single[k]) for k in
+                       ("z_id", "z_lnd", "x_T", "recon", "edit")}
+        noise_floor["x_T_relative"] = noise_floor["x_T"] / float(result["x_T"].abs().max())
+        timings["noise_floor_run"] = time.perf_counter() - start - sum(timings.values())
+
+    init_file = paths["dva"].parents[1] / "init_stats.json"
     recon_psnr = float(-10 * torch.log10(((result["recon"] - (crops + 1) / 2) ** 2).mean()))
     summary = {**metadata, "timings_s": {k: round(v, 1) for k, v in timings.items()},
                "noise_floor_max_abs": noise_floor,
+               "init": json.loads(init_file.read_text()) if init_file.is_file() else None,
                "stats": {"z_id_norm": result["z_id"].norm(dim=1).tolist(),
                          "z_id_mean_norm": float(result["z_id_mean"].norm()),
                          "z_lnd_range": [float(result["z_lnd"].min()), float(result["z_lnd"].max())],
