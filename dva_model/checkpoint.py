@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from dva_model import face_encoder
 from dva_model.errors import ModelFileError
+from dva_model.files import read_safetensors, write_safetensors
 from dva_model.model import DVAConfig, DVAModel
 from dva_model.safe_pickle import load_pickled
 from dva_model.unet import UNetConfig
@@ -152,14 +152,7 @@ def _unet_config(state: Mapping[str, Tensor], hparams: Any, path: Path) -> UNetC
 
 
 def _read_safetensors(path: Path) -> "tuple[Dict[str, Tensor], UNetConfig]":
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as file:
-            metadata = file.metadata() or {}
-            state = {key: file.get_tensor(key) for key in file.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(f"{path} is not a readable .safetensors file ({error}); convert or download it again.") from error
+    state, metadata = read_safetensors(path, what="model file (convert or download it again)", error=ModelFileError)
     if metadata.get("format") == SAFETENSORS_FORMAT:
         return state, UNetConfig(**_tuples(json.loads(metadata["unet_config"])))
     if any(k.startswith("encoder.idnet.") for k in state):  # release layout saved as safetensors
@@ -213,29 +206,11 @@ def load_encoder_files(model: DVAModel, files: EncoderFiles) -> None:
 
 def save_model(path: PathLike, model: DVAModel, *, dtype: Optional[torch.dtype] = None) -> Path:
     """Write ``model`` as our compact ``.safetensors`` (optionally cast to fp16/bf16), atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "unet_config": json.dumps(dataclasses.asdict(model.config.unet))}
-    write_atomically(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    return path
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return write_safetensors(path, state, metadata)
 
 
 def release_state_from_model(model: DVAModel) -> Dict[str, Tensor]:

@@ -15,6 +15,7 @@ stay close to the reconstruction; ``norm="unit"`` reproduces the release exactly
 """
 
 import difflib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from dva_model.constants import CELEBA_ATTRIBUTES, ID_DIM
 from dva_model.errors import ModelFileError, UserError
+from dva_model.files import read_safetensors, write_safetensors
 from dva_model.safe_pickle import load_pickled
 
 EditNorm = Literal["keep", "unit"]
@@ -89,16 +91,7 @@ def load_classifier(path: Union[str, Path], *, latent_stats: Optional[Union[str,
 
 
 def _load_directions(path: Path) -> AttributeClassifier:
-    import json
-
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
-    except (SafetensorError, OSError) as error:
-        raise ModelFileError(f"{path} is not a readable .safetensors file ({error}).") from error
+    tensors, metadata = read_safetensors(path, what="direction file", error=ModelFileError)
     if metadata.get("format") != DIRECTIONS_FORMAT or not {"weight", "mean", "std"} <= tensors.keys():
         raise ModelFileError(f"{path} is not a DVA direction file (expected weight, mean, std and format {DIRECTIONS_FORMAT}).")
     names = tuple(json.loads(metadata["attribute_names"]))
@@ -107,18 +100,9 @@ def _load_directions(path: Path) -> AttributeClassifier:
 
 def save_directions(path: Union[str, Path], classifier: AttributeClassifier) -> Path:
     """Write directions as ``.safetensors`` (atomically), readable by ``load_classifier``."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from dva_model.checkpoint import write_atomically
-
-    tensors = {"weight": classifier.weight.contiguous(), "mean": classifier.mean.contiguous(),
-               "std": classifier.std.contiguous()}
+    tensors = {"weight": classifier.weight, "mean": classifier.mean, "std": classifier.std}
     metadata = {"format": DIRECTIONS_FORMAT, "attribute_names": json.dumps(list(classifier.attribute_names))}
-    path = Path(path)
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def _checked(weight: Tensor, mean: Tensor, std: Tensor, names, path: Path) -> AttributeClassifier:

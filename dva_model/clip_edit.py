@@ -43,6 +43,7 @@ from dva_model.constants import ID_DIM, LANDMARK_DIM, TRAINING_MASK_EXCLUDED
 from dva_model.ddim_invert import invert
 from dva_model.ddim_sample import sample_step
 from dva_model.errors import UserError
+from dva_model.files import read_safetensors, write_safetensors
 from dva_model.latent_io import Latent
 from dva_model.model import DVAModel
 from dva_model.progress import ProgressCallback, report
@@ -343,31 +344,17 @@ def combine_edits(
 
 def save_delta(path: PathLike, delta: IdentityDelta) -> Path:
     """Write ``delta`` as ``.safetensors`` (atomically); texts and settings go in the metadata."""
-    from safetensors.torch import save_file
-
-    from dva_model.checkpoint import write_atomically
-
     metadata = {"format": DELTA_FORMAT, "source_text": delta.source_text, "target_text": delta.target_text,
                 "info": json.dumps(dict(delta.info))}
-    tensors = {"delta": delta.delta.detach().to("cpu", torch.float32).contiguous()}
-    path = Path(path)
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return path
+    return write_safetensors(path, {"delta": delta.delta.to(torch.float32)}, metadata)
 
 
 def load_delta(path: PathLike) -> IdentityDelta:
     """Read a file written by ``save_delta``; a UserError naming the file for anything else."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"The identity delta {path} does not exist; create it with `python -m dva_model clip-edit`.")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{path} is not a readable .safetensors identity delta ({error}).") from error
+    tensors, metadata = read_safetensors(path, what="identity delta")
     if metadata.get("format") != DELTA_FORMAT or "delta" not in tensors:
         raise UserError(f"{path} is not a DVA identity delta (format {metadata.get('format')!r}, "
                         f"expected {DELTA_FORMAT}).")

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from dva_model.classifier import AttributeClassifier
 from dva_model.constants import CELEBA_ATTRIBUTES, CROP_SIZE, ID_DIM
 from dva_model.errors import UserError
+from dva_model.files import read_safetensors, write_atomically, write_safetensors
 from dva_model.image_io import IMAGE_SUFFIXES
 from dva_model.model import DVAModel
 from dva_model.progress import ProgressCallback, report
@@ -298,8 +299,6 @@ def train_directions(
 def save_release_classifier(path: PathLike, trained: TrainedDirections) -> Path:
     """Write the release's ``last.ckpt`` layout (state_dict with conds_mean / conds_std [1, 512],
     classifier.* and ema_classifier.*). That layout carries no names, so it must be CelebA's 40, in order."""
-    from dva_model.checkpoint import write_atomically
-
     classifier = trained.classifier
     if tuple(classifier.attribute_names) != CELEBA_ATTRIBUTES:
         raise ValueError("The release's classifier layout holds CelebA's 40 attributes in their fixed order only; "
@@ -315,26 +314,13 @@ def save_release_classifier(path: PathLike, trained: TrainedDirections) -> Path:
 
 def save_features(path: PathLike, files: Sequence[str], features: Tensor) -> Path:
     """Cache extracted identities [N, V, 512] with their image names (safetensors, atomically)."""
-    from safetensors.torch import save_file
-
-    from dva_model.checkpoint import write_atomically
-
     metadata = {"format": FEATURES_FORMAT, "files": json.dumps(list(files))}
-    path = Path(path)
-    write_atomically(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata=metadata))
-    return path
+    return write_safetensors(path, {"features": features}, metadata)
 
 
 def load_features(path: PathLike) -> Tuple[Tuple[str, ...], Tensor]:
     """Read a feature cache written by ``save_features``: (image names, features [N, V, 512])."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as file:
-            metadata = file.metadata() or {}
-            features = file.get_tensor("features")
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{path} is not a readable feature cache ({error}).") from error
-    if metadata.get("format") != FEATURES_FORMAT:
+    tensors, metadata = read_safetensors(path, what="feature cache")
+    if metadata.get("format") != FEATURES_FORMAT or "features" not in tensors:
         raise UserError(f"{path} is not a DVA identity-feature cache (format {metadata.get('format')!r}).")
-    return tuple(json.loads(metadata["files"])), features
+    return tuple(json.loads(metadata["files"])), tensors["features"]

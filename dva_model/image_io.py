@@ -56,7 +56,7 @@ def write_crops(folder: Path, names: Sequence[str], crops: Tensor) -> List[Path]
     """Save crops [N, 3, H, W] in [-1, 1] as ``folder/<name>.png``, each written atomically."""
     from PIL import Image
 
-    from dva_model.checkpoint import write_atomically
+    from dva_model.files import write_atomically
 
     if len(names) != len(crops):
         raise ValueError(f"{len(names)} names for {len(crops)} crops.")

@@ -19,9 +19,9 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from dva_model.checkpoint import write_atomically
 from dva_model.constants import ID_DIM, LANDMARK_DIM
 from dva_model.errors import UserError
+from dva_model.files import read_safetensors, write_safetensors
 
 LATENT_FORMAT = "dva-latent/1"
 
@@ -51,9 +51,7 @@ class Latent:
 
 def save_latent(path: Union[str, Path], latent: Latent) -> Path:
     """Write ``latent`` to ``path`` (safetensors, atomically: a temporary file renamed into place)."""
-    from safetensors.torch import save_file
-
-    tensors = {name: getattr(latent, name).detach().to("cpu", torch.float32).contiguous()
+    tensors = {name: getattr(latent, name).to(torch.float32)
                for name in ("z_id", "z_lnd", "x_T", "identity")}
     metadata = {
         "format": LATENT_FORMAT,
@@ -61,24 +59,15 @@ def save_latent(path: Union[str, Path], latent: Latent) -> Path:
         "model_id": latent.model_id,
         "frame_names": json.dumps(list(latent.frame_names)),
     }
-    path = Path(path)
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def load_latent(path: Union[str, Path]) -> Latent:
     """Read a file written by ``save_latent``; a UserError naming the file for anything else."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"The latent file {path} does not exist; create it with `python -m dva_model encode`.")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{path} is not a readable .safetensors latent file ({error}).") from error
+    tensors, metadata = read_safetensors(path, what="latent file")
     if metadata.get("format") != LATENT_FORMAT:
         raise UserError(f"{path} is not a DVA latent file (format {metadata.get('format')!r}, expected {LATENT_FORMAT}).")
     try:

@@ -122,7 +122,7 @@ def align_video(
 def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[str]) -> Path:
     """Write the sidecar JSON of an aligned clip: per frame the face flags, landmarks, quad and the
     release's 8 inverse-warp coefficients (frame continuous coords -> crop continuous coords)."""
-    from dva_model.checkpoint import write_atomically
+    from dva_model.files import write_atomically
 
     coefficients = np.full((len(clip.quads), 8), np.nan)
     rows = clip.face_rows

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from dva_model.bisenet import foreground_mask
-from dva_model.checkpoint import write_atomically
+from dva_model.files import write_atomically
 from dva_model.constants import TRAINING_MASK_EXCLUDED
 from dva_model.errors import UserError
 from dva_model.face_encoder import FaceEncoder

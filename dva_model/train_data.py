@@ -127,7 +127,7 @@ def align_videos(
     crop settings; otherwise it is rebuilt. Frames without a face get no crop; a video without any face
     is left out with a warning (its folder stays empty). ``callback(done, total)`` counts videos. Returns ``cache``.
     """
-    from dva_model.checkpoint import write_atomically
+    from dva_model.files import write_atomically
     from dva_model.image_io import write_crops
     from dva_model.pipeline import align_video
 

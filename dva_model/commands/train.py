@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from dva_model import checkpoint
 from dva_model.align import AlignConfig
-from dva_model.checkpoint import EncoderFiles, load_model, save_model, write_atomically
+from dva_model.checkpoint import EncoderFiles, load_model, save_model
+from dva_model.files import write_atomically
 from dva_model.commands.align import add_face_options, landmarker_from_args
 from dva_model.errors import UserError
 from dva_model.image_io import to_uint8
