@@ -15,7 +15,9 @@ import torch
 pytest.importorskip("open_clip")
 
 from test_clip_edit import CLIP_IMAGE_SIZE, tiny_clip  # noqa: E402
-from test_comfy_server import COMFYUI_DIR, RUN_TIMEOUT_S, api, object_info, pytestmark, server  # noqa: E402,F401
+from test_comfy_server import (  # noqa: E402,F401  (fixtures used by name)
+    COMFYUI_DIR, RUN_TIMEOUT_S, api, object_info, pytestmark, server, server_process,
+)
 from test_workflows import WORKFLOWS, check_api_workflow  # noqa: E402
 
 ITERATIONS = 4
