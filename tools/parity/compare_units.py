@@ -103,7 +103,10 @@ def run(reference_dir: Path, reference_out: Path, width: int, chain_frames: int 
     report["eps"] = eps_report
 
     # Whole chains on the first `chain_frames` frames only: each costs 2 * steps UNet calls per frame.
-    crops, z_face_ref, z_lnd_ref = crops[:chain_frames], z_face_ref[:chain_frames], z_lnd_ref[:chain_frames]
+    # z_lnd and z_face are recomputed on the subset: a batch of 4 and of 1 round differently.
+    crops = crops[:chain_frames]
+    z_lnd_ref = enc.lndnet(crops)
+    z_face_ref = enc.forward_with_id(z_mean[:chain_frames], crops)
     x_T_ref = lit.encode_stochastic(crops, z_face_ref, T=steps)
     decoded_ref = lit.render(x_T_ref, z_face_ref, T=steps) * 2 - 1
     ref_unet = ref_eps_model(lit)
