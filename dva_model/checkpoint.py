@@ -139,7 +139,8 @@ def model_state_from_release(release: Mapping[str, Tensor], path: Path) -> Dict[
 def _unet_config(state: Mapping[str, Tensor], hparams: Any, path: Path) -> UNetConfig:
     """The UNet architecture: shapes give widths, levels and attention; hyper_parameters the rest."""
     unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-    conf = hparams.get("conf") if isinstance(hparams, Mapping) else None
+    # The release saves conf.as_dict_jsonable() (a plain dict); older Lightning code kept {"conf": TrainConfig}.
+    conf = hparams.get("conf", hparams) if isinstance(hparams, Mapping) else None
     given = {}
     for release_name, argument in _HPARAM_FIELDS.items():
         value = conf.get(release_name) if isinstance(conf, Mapping) else getattr(conf, release_name, None)

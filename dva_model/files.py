@@ -12,6 +12,15 @@ from dva_model.errors import UserError
 PathLike = Union[str, os.PathLike]
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_FILE_MODE = _default_file_mode()
+
+
 def write_atomically(path: PathLike, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
 
@@ -23,6 +32,7 @@ def write_atomically(path: PathLike, write: Callable[[Path], object]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _DEFAULT_FILE_MODE)  # mkstemp's 0600 would make outputs private to their writer
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ import enum
 import sys
 import types
 from pathlib import Path
+from typing import Literal, Optional
 
 import pytest
 import torch
@@ -31,10 +32,10 @@ def tiny_dva_config() -> DVAConfig:
     return DVAConfig(unet=unet)
 
 
-def make_tiny_model(seed: int) -> DVAModel:
+def make_tiny_model(seed: int, config: Optional[DVAConfig] = None) -> DVAModel:
     """A tiny-UNet, full-encoder DVAModel with every parameter and buffer random."""
     torch.manual_seed(seed)
-    model = DVAModel(config=tiny_dva_config())
+    model = DVAModel(config=config or tiny_dva_config())
     randomize_(model, seed=seed)
     return model.eval().requires_grad_(False)
 
@@ -64,8 +65,15 @@ def _release_conf_class():
     return module, TrainConfig
 
 
-def write_release_checkpoint(path: Path, ema: DVAModel, trained: DVAModel, *, with_hparams: bool = True) -> Path:
-    """Write ``ema``/``trained`` in the layout of the released Lightning checkpoint."""
+HParams = Literal["jsonable", "object", "none"]
+
+
+def write_release_checkpoint(path: Path, ema: DVAModel, trained: DVAModel, *, hparams: HParams = "jsonable") -> Path:
+    """Write ``ema``/``trained`` in the layout of the released Lightning checkpoint.
+
+    hparams: "jsonable" as the release saves them (``conf.as_dict_jsonable()``, a plain dict), "object"
+    as a pickled ``config.TrainConfig`` (a class the loader must not import), or "none".
+    """
     state = {f"ema_model.{k}": v for k, v in release_state_from_model(ema).items()}
     state.update({f"model.{k}": v for k, v in release_state_from_model(trained).items()})
     checkpoint = {
@@ -74,11 +82,17 @@ def write_release_checkpoint(path: Path, ema: DVAModel, trained: DVAModel, *, wi
         "lr_schedulers": [], "callbacks": {},
     }
     module, train_config = _release_conf_class()
-    if with_hparams:
-        unet = ema.config.unet
-        checkpoint["hyper_parameters"] = {"conf": train_config(
-            img_size=unet.image_size, net_ch=unet.model_channels, net_ch_mult=tuple(unet.channel_mult),
-            net_attn=tuple(unet.attention_resolutions), net_num_res_blocks=unet.num_res_blocks)}
+    unet = ema.config.unet
+    conf = train_config(
+        img_size=unet.image_size, net_ch=unet.model_channels, net_ch_mult=tuple(unet.channel_mult),
+        net_attn=tuple(unet.attention_resolutions), net_num_res_blocks=unet.num_res_blocks, dropout=unet.dropout)
+    if hparams == "jsonable":
+        jsonable = dataclasses.asdict(conf)
+        jsonable.pop("model_name")  # as_dict_jsonable() drops what JSON cannot hold
+        checkpoint["hyper_parameters"] = jsonable
+        checkpoint["hparams_name"] = None
+    elif hparams == "object":
+        checkpoint["hyper_parameters"] = {"conf": conf}
     sys.modules["config"] = module
     try:
         torch.save(checkpoint, path)

@@ -7,11 +7,12 @@ import pickle
 import pytest
 import torch
 
-from conftest import make_tiny_model, write_release_checkpoint
+from conftest import make_tiny_model, tiny_dva_config, write_release_checkpoint
 from dva_model.checkpoint import (EncoderFiles, load_model, read_model_state, release_state_from_model,
                                   save_model)
 from dva_model.cli import main as cli_main
 from dva_model.errors import ModelFileError
+from dva_model.model import DVAConfig
 from dva_model.safe_pickle import load_pickled
 
 
@@ -29,10 +30,27 @@ def test_release_checkpoint_loads_the_ema_weights(tiny_checkpoint, tiny_model):
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
-def test_release_checkpoint_without_hparams_infers_architecture(tmp_path, tiny_model):
-    path = write_release_checkpoint(tmp_path / "noh.ckpt", tiny_model, make_tiny_model(seed=5), with_hparams=False)
+@pytest.fixture(scope="module")
+def model_at_128():
+    """A model trained at 128 x 128: only hyper_parameters can tell its image size (shapes cannot)."""
+    unet = dataclasses.replace(tiny_dva_config().unet, image_size=128, attention_resolutions=(16,), dropout=0.0)
+    return make_tiny_model(seed=7, config=DVAConfig(unet=unet))
+
+
+@pytest.mark.parametrize("hparams", ["jsonable", "object"])
+def test_hyper_parameters_give_what_shapes_cannot(tmp_path, model_at_128, hparams):
+    path = write_release_checkpoint(tmp_path / "h.ckpt", model_at_128, model_at_128, hparams=hparams)
     _, config = read_model_state(path)
-    assert dataclasses.replace(config, dropout=tiny_model.config.unet.dropout) == tiny_model.config.unet
+    assert config == model_at_128.config.unet  # image size 128, attention at 16, dropout 0
+
+
+def test_release_checkpoint_without_hparams_infers_architecture(tmp_path, tiny_model, model_at_128):
+    path = write_release_checkpoint(tmp_path / "noh.ckpt", tiny_model, make_tiny_model(seed=5), hparams="none")
+    _, config = read_model_state(path)
+    assert config == tiny_model.config.unet
+    path = write_release_checkpoint(tmp_path / "noh128.ckpt", model_at_128, model_at_128, hparams="none")
+    _, config = read_model_state(path)
+    assert config.image_size == 256 and config.attention_resolutions == (32,)  # assumed 256 without hparams
 
 
 def test_plain_release_state_dict_loads(tmp_path, tiny_model):

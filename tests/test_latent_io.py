@@ -36,3 +36,12 @@ def test_bad_files(tmp_path):
     junk.write_bytes(b"not a safetensors file at all")
     with pytest.raises(UserError, match="not a readable"):
         load_latent(junk)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_latent(tmp_path / "shared.safetensors", _latent())
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
