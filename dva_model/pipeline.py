@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -101,8 +102,7 @@ def align_video(
     info, indices, face_track = find_faces(path, landmarker, selection=selection, track=track,
                                            chunk_size=chunk_size, callback=stage_progress("faces"))
     indices = indices[: len(face_track.detected)]  # a file may hold fewer frames than its header says
-    quads = compute_quads(face_track.landmarks, face_track.has_face, config=align)
-    has_face = ~np.isnan(quads).any(axis=(1, 2))
+    quads, has_face = _smoothed_quads(face_track, align)
     callback = stage_progress("crop")
     crops, done = [], 0
     for chunk_indices, frames in iter_frames(path, selection=selection, chunk_size=chunk_size):
@@ -117,6 +117,39 @@ def align_video(
             break
     return AlignedClip(info=info, indices=indices, track=face_track, quads=quads, has_face=has_face,
                        crops=torch.cat(crops) if crops else torch.zeros(0, 3, align.size, align.size), config=align)
+
+
+def align_in_memory(
+    frames: torch.Tensor,
+    landmarker: FaceLandmarker,
+    *,
+    align: AlignConfig = AlignConfig(),
+    track: TrackConfig = TrackConfig(),
+    chunk_size: int = DEFAULT_CHUNK_FRAMES,
+    device: Union[str, torch.device] = "cpu",
+    callback: Optional[ProgressCallback] = None,
+) -> AlignedClip:
+    """``align_video`` for frames already in memory, [N, H, W, 3] float in [0, 1] (e.g. ComfyUI IMAGE).
+
+    Same steps (track -> smoothed quads -> crops); the clip's info carries no file, fps or audio.
+    """
+    count, height, width, _ = frames.shape
+    chunks = (frames[i: i + chunk_size] for i in range(0, count, chunk_size))
+    face_track = track_faces(chunks, landmarker, config=track, total=count, callback=callback, source="the frames")
+    quads, has_face = _smoothed_quads(face_track, align)
+    rows = np.flatnonzero(has_face)
+    crops = [align_frames(frames[torch.as_tensor(part)].to(device), quads[part], config=align).cpu()
+             for part in (rows[i: i + chunk_size] for i in range(0, len(rows), chunk_size))]
+    info = VideoInfo(path="", frame_count=count, fps=Fraction(0), width=width, height=height, codec="",
+                     has_audio=False, audio_codec=None)
+    return AlignedClip(info=info, indices=range(count), track=face_track, quads=quads, has_face=has_face,
+                       crops=torch.cat(crops), config=align)
+
+
+def _smoothed_quads(face_track: FaceTrack, align: AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed quads [N, 4, 2] (NaN without a face) and the per-frame face flags [N] of a track."""
+    quads = compute_quads(face_track.landmarks, face_track.has_face, config=align)
+    return quads, ~np.isnan(quads).any(axis=(1, 2))
 
 
 def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[str]) -> Path:

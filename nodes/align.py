@@ -1,6 +1,5 @@
 """FaceAlign: find and track the face in IMAGE frames and cut the FFHQ-aligned crops (DVA_FACES)."""
 
-from fractions import Fraction
 
 from ._host import crops_to_image, progress_callback, require_all
 from .types import FACES
@@ -66,11 +65,12 @@ class DVAFaceAlign:
         require_all(NODE, REQUIRES)
         from dva_model.align import AlignConfig
         from dva_model.landmarks import TrackConfig
+        from dva_model.pipeline import align_in_memory
 
         landmarker = _landmarker(detector, landmarks)
         config = AlignConfig(size=crop_size, sigma_centre=sigma_centre, sigma_axes=sigma_axes, method=method)
-        faces = align_image_frames(frames, landmarker, align=config, track=TrackConfig(max_gap=max_gap),
-                                   device=_work_device(), callback=progress_callback())
+        faces = align_in_memory(frames, landmarker, align=config, track=TrackConfig(max_gap=max_gap),
+                                chunk_size=CHUNK_FRAMES, device=_work_device(), callback=progress_callback())
         return (faces, crops_to_image(faces.crops))
 
 
@@ -103,31 +103,3 @@ def _insightface_dir():
     if "insightface" in folder_paths.folder_names_and_paths:
         return folder_paths.get_folder_paths("insightface")[0]
     return os.path.join(folder_paths.models_dir, "insightface")
-
-
-def align_image_frames(frames, landmarker, *, align, track, device, callback=None):
-    """An ``AlignedClip`` from in-memory frames [N, H, W, 3] float in 0..1 (no source file).
-
-    The same steps as ``dva_model.pipeline.align_video`` (track -> smoothed quads -> crops), reading
-    the frames from memory instead of decoding a file twice.
-    """
-    import numpy as np
-    import torch
-
-    from dva_model.align import align_frames, compute_quads
-    from dva_model.landmarks import track_faces
-    from dva_model.pipeline import AlignedClip
-    from dva_model.video import VideoInfo
-
-    count, height, width, _ = frames.shape
-    chunks = (frames[i: i + CHUNK_FRAMES] for i in range(0, count, CHUNK_FRAMES))
-    face_track = track_faces(chunks, landmarker, config=track, total=count, callback=callback, source="the frames")
-    quads = compute_quads(face_track.landmarks, face_track.has_face, config=align)
-    has_face = ~np.isnan(quads).any(axis=(1, 2))
-    rows = np.flatnonzero(has_face)
-    crops = [align_frames(frames[torch.as_tensor(rows[i: i + CHUNK_FRAMES])].to(device), quads[rows[i: i + CHUNK_FRAMES]],
-                          config=align).cpu() for i in range(0, len(rows), CHUNK_FRAMES)]
-    info = VideoInfo(path="", frame_count=count, fps=Fraction(0), width=width, height=height, codec="",
-                     has_audio=False, audio_codec=None)
-    return AlignedClip(info=info, indices=range(count), track=face_track, quads=quads, has_face=has_face,
-                       crops=torch.cat(crops), config=align)
