@@ -13,9 +13,14 @@ _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PACK_DIR not in sys.path:
     sys.path.append(_PACK_DIR)
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
-from .nodes._host import register_model_folder  # noqa: E402
+if __package__:  # loaded as a package, as ComfyUI does (whatever the folder is called)
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+    from .nodes._host import register_model_folder  # noqa: E402
 
-register_model_folder()
+    register_model_folder()
+else:
+    # Imported as a lone module: pytest does this to a checkout whose folder name is not a Python
+    # identifier (e.g. "ComfyUI-DVA"). There is no host to register nodes with.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
