@@ -207,6 +207,7 @@ class EditConfig:
     """Options of ``edit_video`` beyond alignment.
 
     steps: DDIM steps S for inversion and decoding. edits: (CelebA attribute, scale) pairs.
+    deltas: (identity delta [512], scale) pairs from the CLIP edit, applied before ``edits``.
     edit_norm: "keep" (zero edit = reconstruction) or "unit" (the release). batch_size: frames per
     network call. chunk_frames: frames per invert/decode/paste chunk. paste: mask and composite.
     lossless: exact RGB output (libx264rgb); otherwise x264 at ``crf``.
@@ -214,6 +215,7 @@ class EditConfig:
 
     steps: int = DEFAULT_STEPS
     edits: tuple[tuple[str, float], ...] = ()
+    deltas: tuple[tuple[torch.Tensor, float], ...] = ()
     edit_norm: EditNorm = "keep"
     batch_size: int = 8
     chunk_frames: int = DEFAULT_CHUNK_FRAMES
@@ -239,17 +241,19 @@ class EditResult:
 
 
 def edited_identity(z_id: torch.Tensor, classifier, config: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clip identity (mean of z_id [M, 512] -> [512]) and its edited version for ``config.edits``."""
+    """The clip identity (mean of z_id [M, 512] -> [512]) and its version edited by ``config.deltas``
+    (CLIP identity deltas, first) and ``config.edits`` (attribute directions)."""
     from dva_model.model import mean_identity
 
     identity = mean_identity(z_id)
-    if not config.edits:
+    if not config.edits and not config.deltas:
         return identity, identity
-    if classifier is None:
+    if config.edits and classifier is None:
         raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
-    from dva_model.classifier import edit_identity
+    from dva_model.clip_edit import combine_edits
 
-    return identity, edit_identity(identity, classifier, list(config.edits), norm=config.edit_norm)
+    return identity, combine_edits(identity, deltas=config.deltas, classifier=classifier, attributes=config.edits,
+                                   norm=config.edit_norm)
 
 
 def _chunked(count: int, size: int):

@@ -87,3 +87,27 @@ def test_empty_aligned_folder(tmp_path, tiny_checkpoint, capsys):
                      "--steps", "5", "--out", str(tmp_path / "l.safetensors")])
     assert code == 2 and "no .png or .jpg" in capsys.readouterr().err
     assert not (tmp_path / "l.safetensors").exists()
+
+
+def test_decode_applies_a_clip_delta_before_attributes(tmp_path, encoded, tiny_checkpoint, tiny_model):
+    from dva_model.clip_edit import IdentityDelta, apply_delta, save_delta
+    from dva_model.image_io import to_uint8
+
+    g = torch.Generator().manual_seed(11)
+    delta = torch.randn(512, generator=g) * 0.05
+    path = save_delta(tmp_path / "beard.safetensors", IdentityDelta(delta=delta, source_text="face",
+                                                                    target_text="face with beard"))
+    out = tmp_path / "delta"
+    assert cli_main(["--quiet", "decode", "--checkpoint", str(tiny_checkpoint), "--latent", str(encoded),
+                     "--out", str(out), "--delta", f"{path}:0.8", "--device", "cpu"]) == 0
+    latent = load_latent(encoded)
+    expected = tiny_model.decode(latent.x_T, apply_delta(latent.identity, delta, scale=0.8), latent.z_lnd, steps=STEPS)
+    _, written = read_crops(out, size=256)
+    assert np.array_equal(to_uint8(written), to_uint8(expected))  # PNG round trip is exact for uint8
+
+
+def test_bad_delta_option_is_one_sentence(tmp_path, encoded, tiny_checkpoint, capsys):
+    code = cli_main(["decode", "--checkpoint", str(tiny_checkpoint), "--latent", str(encoded),
+                     "--out", str(tmp_path / "o"), "--delta", str(tmp_path / "missing.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not exist" in err and "Traceback" not in err

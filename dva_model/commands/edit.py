@@ -6,7 +6,8 @@ from pathlib import Path
 
 from dva_model.align import AlignConfig
 from dva_model.commands.align import add_face_options, add_video_options, landmarker_from_args, selection_from_args
-from dva_model.commands.common import add_model_options, load_model_from_args
+from dva_model.commands.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
+                                       load_model_from_args)
 from dva_model.errors import UserError
 from dva_model.landmarks import TrackConfig
 from dva_model.paste import MASK_PRESETS, PasteConfig
@@ -28,12 +29,7 @@ def add_parser(subparsers) -> None:
     add_model_options(parser)
     add_video_options(parser)
     parser.add_argument("--out", type=Path, required=True, help="output video (.mp4)")
-    parser.add_argument("--attribute", action="append", default=[], metavar="NAME:SCALE",
-                        help="attribute edit, e.g. Mustache:0.25 (repeatable; CelebA names); none = reconstruction")
-    parser.add_argument("--classifier", type=Path, help="attribute classifier (release last.ckpt or directions)")
-    parser.add_argument("--latent-stats", type=Path, help="release latent.pkl, if the classifier lacks mean/std")
-    parser.add_argument("--edit-norm", choices=("keep", "unit"), default="keep",
-                        help="keep: scale 0 = plain reconstruction; unit: the release's unit-length identity")
+    add_identity_edit_options(parser)  # none given = reconstruction
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help=f"DDIM steps for inversion and decoding (release: 1000; default {DEFAULT_STEPS})")
     add_face_options(parser)
@@ -52,18 +48,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dva_model.classifier import load_classifier, parse_edit
-
     if args.out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"--out {args.out} must end in .mp4 (the output is an H.264 MP4).")
-    edits = tuple(parse_edit(text) for text in args.attribute)
-    if edits and args.classifier is None:
-        raise UserError("--attribute needs --classifier (the released diffusion_video_autoencoder_cls/last.ckpt).")
+    edits = identity_edits_from_args(args)
     paste = PasteConfig.from_preset(args.mask, union_edited=args.mask_union, dilate=args.dilate,
                                     feather=args.feather, temporal_sigma=args.mask_temporal, composite=args.composite)
-    config = EditConfig(steps=args.steps, edits=edits, edit_norm=args.edit_norm, batch_size=args.batch_size,
-                        paste=paste, lossless=args.lossless, crf=args.crf)
-    classifier = load_classifier(args.classifier, latent_stats=args.latent_stats) if edits else None
+    config = EditConfig(steps=args.steps, edits=edits.attributes, deltas=edits.deltas, edit_norm=args.edit_norm,
+                        batch_size=args.batch_size, paste=paste, lossless=args.lossless, crf=args.crf)
     check_output_path(args.video, args.out)
     selection = selection_from_args(args)
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
@@ -72,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                        align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
                        chunk_size=config.chunk_frames, device=args.device, stage_progress=progress)
     model = load_model_from_args(args)
-    result = edit_clip(clip, args.video, args.out, model, classifier=classifier, config=config,
+    result = edit_clip(clip, args.video, args.out, model, classifier=edits.classifier, config=config,
                        selection=selection, stage_progress=progress)
     for first, last in result.untouched:
         log.warning("no face in frames %d-%d: copied unchanged", first, last)
