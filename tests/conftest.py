@@ -101,6 +101,21 @@ def write_release_checkpoint(path: Path, ema: DVAModel, trained: DVAModel, *, hp
     return path
 
 
+@pytest.fixture
+def comfy_host(tmp_path, monkeypatch):
+    """A fake ComfyUI around the nodes (tests/comfy_fakes.py): folders under tmp_path, recorded
+    progress bars and model loads."""
+    from comfy_fakes import install_fake_host
+
+    host = install_fake_host(tmp_path, monkeypatch)
+    from nodes import _host
+
+    _host.clear_model_cache()
+    _host.register_model_folder()
+    yield host
+    _host.clear_model_cache()
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> DVAModel:
     return make_tiny_model(seed=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("open_clip")
 
 from test_clip_edit import tiny_clip  # noqa: E402
-from test_nodes import InterruptProcessingException, comfy_host, install  # noqa: E402,F401
+from comfy_fakes import InterruptProcessingException, install  # noqa: E402
 
 from dva_model.classifier import AttributeClassifier, edit_identity  # noqa: E402
 from dva_model.clip_edit import IdentityDelta, apply_delta  # noqa: E402

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("open_clip")
 
 from test_clip_edit import tiny_clip  # noqa: E402
-from test_nodes import comfy_host, install  # noqa: E402,F401
+from comfy_fakes import install  # noqa: E402
 from test_workflows import CORE_NODES, check_api_workflow, pack_info, run_in_process, strip_meta, ui_to_api  # noqa: E402
 
 from dva_model.testing import single_thread  # noqa: E402

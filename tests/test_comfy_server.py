@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_nodes import PACK_NODES, comfy_host  # noqa: F401  (fixture used by name)
+from test_nodes import PACK_NODES
 from test_workflows import CORE_NODES, WORKFLOWS, _release_classifier, check_api_workflow
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from dva_model.direction_training import (
 )
 from dva_model.errors import UserError
 from dva_model.testing import single_thread
-from test_nodes import comfy_host, install  # noqa: F401  (fixture used by name)
+from comfy_fakes import install
 
 
 @pytest.fixture(scope="module", autouse=True)

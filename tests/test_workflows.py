@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_nodes import comfy_host, install  # noqa: F401  (the fixture is used by name)
+from comfy_fakes import install
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
