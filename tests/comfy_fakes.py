@@ -158,3 +158,11 @@ def install_fake_host(root: Path, monkeypatch) -> "FakeHost":
     for name, module in _comfy_modules(host).items():
         monkeypatch.setitem(sys.modules, name, module)
     return host
+
+
+def model_handle(model, model_id: str = "small.safetensors:1"):
+    """A loaded-model handle as DVA Model Loader returns it, for a model built in the test (needs comfy_host)."""
+    from nodes._host import ModelHandle
+
+    patcher = sys.modules["comfy.model_patcher"].ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    return ModelHandle(model=model, patcher=patcher, model_id=model_id, device=torch.device("cpu"), dtype=torch.float32)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("open_clip")
 
 from test_clip_edit import tiny_clip  # noqa: E402
-from comfy_fakes import InterruptProcessingException, install  # noqa: E402
+from comfy_fakes import InterruptProcessingException, install, model_handle as _handle  # noqa: E402
 
 from dva_model.classifier import AttributeClassifier, edit_identity  # noqa: E402
 from dva_model.clip_edit import IdentityDelta, apply_delta  # noqa: E402
@@ -30,16 +30,6 @@ def small_model():
 
     model = DVAModel(config=DVAConfig(unet=tiny_unet_config()))
     return randomize_(model, seed=3).eval().requires_grad_(False)
-
-
-def _handle(model):
-    import sys
-
-    from nodes._host import ModelHandle
-
-    patcher = sys.modules["comfy.model_patcher"].ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
-    return ModelHandle(model=model, patcher=patcher, model_id="small.safetensors:1", device=torch.device("cpu"),
-                       dtype=torch.float32)
 
 
 def _latent(model, model_id):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fakes import InterruptProcessingException, install, pack_nodes
+from comfy_fakes import InterruptProcessingException, install, model_handle as _handle, pack_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_NODES = {
@@ -122,14 +122,6 @@ def small_model():
     torch.manual_seed(3)
     model = DVAModel(config=DVAConfig(unet=tiny_unet_config()))
     return randomize_(model, seed=3).eval().requires_grad_(False)
-
-
-def _handle(model):
-    from nodes._host import ModelHandle
-
-    patcher = sys.modules["comfy.model_patcher"].ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
-    return ModelHandle(model=model, patcher=patcher, model_id="small.safetensors:1", device=torch.device("cpu"),
-                       dtype=torch.float32)
 
 
 def _one_frame_latent(model, steps, model_id):
