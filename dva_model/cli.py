@@ -26,8 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dva_model",
         description="Diffusion Video Autoencoders: encode, edit and decode face videos.",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    _add_global_options(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
@@ -37,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # command not built yet in this checkout
         module.add_parser(subparsers)
+    for command_parser in subparsers.choices.values():
+        # Also accepted after the command; SUPPRESS keeps the top-level value when absent there.
+        _add_global_options(command_parser, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars, warnings only")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

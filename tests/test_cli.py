@@ -111,3 +111,13 @@ def test_bad_delta_option_is_one_sentence(tmp_path, encoded, tiny_checkpoint, ca
                      "--out", str(tmp_path / "o"), "--delta", str(tmp_path / "missing.safetensors")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_global_options_work_before_or_after_the_command():
+    from dva_model.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["convert", "a.ckpt", "b.safetensors", "--quiet"]).quiet is True
+    assert parser.parse_args(["--quiet", "convert", "a.ckpt", "b.safetensors"]).quiet is True
+    args = parser.parse_args(["convert", "a.ckpt", "b.safetensors"])
+    assert args.quiet is False and args.debug is False
