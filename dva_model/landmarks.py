@@ -75,29 +75,34 @@ def package_dir(name: str) -> Optional[Path]:
 
 
 def find_dlib_landmark_model(models_dir: Optional[PathLike] = None) -> Path:
-    """Locate ``shape_predictor_68_face_landmarks.dat``: in ``models_dir`` (or a sub-folder), else in
-    the ``face_recognition_models`` package; raises ``ModelFileError`` when neither has it."""
+    """Locate ``shape_predictor_68_face_landmarks.dat`` (see ``find_dlib_file``)."""
+    return find_dlib_file(DLIB_LANDMARK_FILE, models_dir)
+
+
+def find_dlib_file(file_name: str, models_dir: Optional[PathLike] = None) -> Path:
+    """Locate one of dlib's model files: ``models_dir`` itself when it is that file, else in it (or a
+    sub-folder), else in the ``face_recognition_models`` package; ``ModelFileError`` when none has it."""
     searched = []
     if models_dir is not None:
         root = Path(models_dir)
         searched.append(str(root))
-        if root.is_file() and root.name == DLIB_LANDMARK_FILE:
+        if root.is_file() and root.name == file_name:
             return root
         if root.is_dir():
-            direct = root / DLIB_LANDMARK_FILE
+            direct = root / file_name
             if direct.is_file():
                 return direct
-            nested = sorted(root.rglob(DLIB_LANDMARK_FILE))
+            nested = sorted(root.rglob(file_name))
             if nested:
                 return nested[0]
     package = package_dir("face_recognition_models")
     if package is not None:
-        candidate = package / "models" / DLIB_LANDMARK_FILE
+        candidate = package / "models" / file_name
         searched.append(str(candidate.parent))
         if candidate.is_file():
             return candidate
     raise ModelFileError(
-        f"{DLIB_LANDMARK_FILE} was not found (searched: {', '.join(searched) or 'nothing'}); put it in the "
+        f"{file_name} was not found (searched: {', '.join(searched) or 'nothing'}); put it in the "
         f"models folder or `pip install face_recognition_models`."
     )
 

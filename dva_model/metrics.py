@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from dva_model.errors import ModelFileError
-from dva_model.landmarks import (DlibDetector, DlibLandmarks, choose_face, find_dlib_landmark_model, import_dlib,
-                                 package_dir)
+from dva_model.landmarks import (DlibDetector, DlibLandmarks, choose_face, find_dlib_file, find_dlib_landmark_model,
+                                 import_dlib)
 
 log = logging.getLogger(__name__)
 
@@ -132,27 +132,8 @@ def psnr(a: ArrayLike, b: ArrayLike, *, data_range: float = 1.0) -> float:
 
 
 def find_dlib_recognition_model(models_dir: Optional[PathLike] = None) -> Path:
-    """Locate ``dlib_face_recognition_resnet_model_v1.dat``: in ``models_dir`` (or a sub-folder), else in
-    the ``face_recognition_models`` package; raises ``ModelFileError`` when neither has it."""
-    searched = []
-    if models_dir is not None:
-        root = Path(models_dir)
-        searched.append(str(root))
-        if root.is_file() and root.name == DLIB_RECOGNITION_FILE:
-            return root
-        found = sorted(root.rglob(DLIB_RECOGNITION_FILE)) if root.is_dir() else []
-        if found:
-            return found[0]
-    package = package_dir("face_recognition_models")
-    if package is not None:
-        candidate = package / "models" / DLIB_RECOGNITION_FILE
-        searched.append(str(candidate.parent))
-        if candidate.is_file():
-            return candidate
-    raise ModelFileError(
-        f"{DLIB_RECOGNITION_FILE} was not found (searched: {', '.join(searched) or 'nothing'}); put it in the "
-        f"models folder or `pip install face_recognition_models`."
-    )
+    """Locate ``dlib_face_recognition_resnet_model_v1.dat`` (see ``landmarks.find_dlib_file``)."""
+    return find_dlib_file(DLIB_RECOGNITION_FILE, models_dir)
 
 
 class DlibFaceEmbedder:
