@@ -2,6 +2,6 @@
 
 import sys
 
-from dva_model.cli import main
+from dva_model.cli.main import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ above means the edit froze the natural variation of the source.
 
 The recogniser must not be the model's own ArcFace (it would grade itself): ``DlibFaceEmbedder`` uses
 dlib's 128-d ResNet face recogniser (``dlib_face_recognition_resnet_model_v1.dat``) on faces found and
-landmarked by ``dva_model.landmarks``' dlib detector and 68-point shape predictor.
+landmarked by ``dva_model.face.landmarks``' dlib detector and 68-point shape predictor.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dva_model.errors import ModelFileError
-from dva_model.landmarks import (DlibDetector, DlibLandmarks, choose_face, find_dlib_file, find_dlib_landmark_model,
+from dva_model.face.landmarks import (DlibDetector, DlibLandmarks, choose_face, find_dlib_file, find_dlib_landmark_model,
                                  import_dlib)
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class DlibFaceEmbedder:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"Frames must be uint8 [N, H, W, 3] RGB, got {images.dtype} {tuple(images.shape)}; "
-                f"convert with dva_model.video.to_uint8."
+                f"convert with dva_model.formats.video.to_uint8."
             )
         rows = [self.embed_one(np.ascontiguousarray(image)) for image in images]
         missing = sum(bool(np.isnan(row).any()) for row in rows)

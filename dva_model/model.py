@@ -16,12 +16,14 @@ from typing import Callable, Iterator, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from dva_model import ddim_invert, ddim_sample
+from dva_model.diffusion import ddim_invert
+
+from dva_model.diffusion import ddim_sample
 from dva_model.constants import ID_DIM
-from dva_model.face_encoder import FaceEncoder
+from dva_model.nets.face_encoder import FaceEncoder
 from dva_model.progress import ProgressCallback, report
-from dva_model.schedule import alpha_bar_schedule, respaced_timesteps
-from dva_model.unet import DVAUNet, UNetConfig
+from dva_model.diffusion.schedule import alpha_bar_schedule, respaced_timesteps
+from dva_model.nets.unet import DVAUNet, UNetConfig
 
 DEFAULT_BATCH_SIZE = 8
 

@@ -20,13 +20,13 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from dva_model.align import AlignConfig, align_frames, compute_quads, inverse_coefficients
-from dva_model.classifier import EditNorm
+from dva_model.face.align import AlignConfig, align_frames, compute_quads, inverse_coefficients
+from dva_model.edit.classifier import EditNorm
 from dva_model.errors import UserError
-from dva_model.landmarks import FaceLandmarker, FaceTrack, TrackConfig, track_faces
-from dva_model.paste import PasteConfig, build_masks, paste_back
+from dva_model.face.landmarks import FaceLandmarker, FaceTrack, TrackConfig, track_faces
+from dva_model.face.paste import PasteConfig, build_masks, paste_back
 from dva_model.progress import ProgressCallback, report
-from dva_model.video import (
+from dva_model.formats.video import (
     DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, iter_frames, probe,
 )
 
@@ -155,7 +155,7 @@ def _smoothed_quads(face_track: FaceTrack, align: AlignConfig) -> tuple[np.ndarr
 def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[str]) -> Path:
     """Write the sidecar JSON of an aligned clip: per frame the face flags, landmarks, quad and the
     release's 8 inverse-warp coefficients (frame continuous coords -> crop continuous coords)."""
-    from dva_model.files import write_atomically
+    from dva_model.formats.files import write_atomically
 
     coefficients = np.full((len(clip.quads), 8), np.nan)
     rows = clip.face_rows
@@ -250,7 +250,7 @@ def edited_identity(z_id: torch.Tensor, classifier, config: EditConfig) -> tuple
         return identity, identity
     if config.edits and classifier is None:
         raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
-    from dva_model.clip_edit import combine_edits
+    from dva_model.edit.clip_edit import combine_edits
 
     return identity, combine_edits(identity, deltas=config.deltas, classifier=classifier, attributes=config.edits,
                                    norm=config.edit_norm)

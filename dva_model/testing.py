@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from dva_model.unet import DVAUNet, UNetConfig
+from dva_model.nets.unet import DVAUNet, UNetConfig
 
 WEIGHT_GAIN = 1.0  # std of a conv / linear weight times sqrt(fan_in): variance-preserving
 RESIDUAL_OUT_GAIN = 0.1  # same for a residual branch's last layer (zero-initialised in the architecture)
@@ -42,7 +42,7 @@ def randomize_(module: nn.Module, *, seed: int, output_head_gain: float = OUTPUT
     """Fill every parameter and persistent buffer of ``module`` in place with seeded random values.
 
     Conv / linear weights ~ N(0, 1 / fan_in); layers marked ``zero_initialised`` (residual branch
-    outputs, see ``dva_model.unet``) get 0.1x that and a DVA UNet's output conv ``output_head_gain``x
+    outputs, see ``dva_model.nets.unet``) get 0.1x that and a DVA UNet's output conv ``output_head_gain``x
     (0.001 keeps invert/decode reconstructing; compare single forwards with e.g. 1.0, where eps is not
     dominated by the head's bias); biases ~ N(0, 0.05); norm weights 1 + N(0, 0.1),
     norm biases N(0, 0.1); running means N(0, 0.1), running variances U(0.5, 1.5); integer buffers a

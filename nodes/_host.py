@@ -258,8 +258,8 @@ def load_dva_model(path: Path, *, device: torch.device, dtype: torch.dtype) -> M
 
     The file's size and modification time are part of the key, so a replaced file is reloaded.
     """
-    from dva_model.checkpoint import load_model
-    from dva_model.commands.common import model_fingerprint
+    from dva_model.formats.checkpoint import load_model
+    from dva_model.cli.common import model_fingerprint
 
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(dtype), str(device))

@@ -33,9 +33,9 @@ class DVAFaceAlign:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from dva_model.align import SIGMA_AXES, SIGMA_CENTRE
+        from dva_model.face.align import SIGMA_AXES, SIGMA_CENTRE
         from dva_model.constants import CROP_SIZE
-        from dva_model.landmarks import TrackConfig
+        from dva_model.face.landmarks import TrackConfig
 
         track = TrackConfig()
         return {"required": {
@@ -63,8 +63,8 @@ class DVAFaceAlign:
     @classmethod
     def execute(cls, frames, detector, landmarks, crop_size, sigma_centre, sigma_axes, max_gap, method):
         require_all(NODE, REQUIRES)
-        from dva_model.align import AlignConfig
-        from dva_model.landmarks import TrackConfig
+        from dva_model.face.align import AlignConfig
+        from dva_model.face.landmarks import TrackConfig
         from dva_model.pipeline import align_in_memory
 
         landmarker = _landmarker(detector, landmarks)
@@ -86,7 +86,7 @@ def _landmarker(detector: str, landmarks: str):
     A backend whose package is missing fails here with the library's sentence naming what to install.
     """
     import folder_paths
-    from dva_model.landmarks import make_landmarker
+    from dva_model.face.landmarks import make_landmarker
 
     dlib_file = folder_paths.get_full_path("dva", DLIB_FILE) if "dva" in folder_paths.folder_names_and_paths else None
     insightface_dir = _insightface_dir() if detector == "insightface" else None

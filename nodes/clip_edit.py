@@ -1,7 +1,7 @@
 """Text-driven identity edits (the published CLIP edit): CLIP loader, the edit, and identity-delta files.
 
-DVA_CLIP carries a ``nodes._host.ModelHandle`` around ``dva_model.clip_loss.ClipDirectionalLoss``;
-DVA_IDENTITY_DELTA a ``dva_model.clip_edit.IdentityDelta``. A delta always acts on the identity's base,
+DVA_CLIP carries a ``nodes._host.ModelHandle`` around ``dva_model.edit.clip_loss.ClipDirectionalLoss``;
+DVA_IDENTITY_DELTA a ``dva_model.edit.clip_edit.IdentityDelta``. A delta always acts on the identity's base,
 before the attribute edits chained onto it (whatever the node order), as ``clip_edit.combine_edits`` does.
 """
 
@@ -47,7 +47,7 @@ def _scale_input():
 
 def load_clip_handle(weights: str, device: torch.device) -> ModelHandle:
     """The process-wide CLIP directional loss for (weights, device): one resident copy, as for DVA models."""
-    from dva_model.clip_loss import clip_loss_for, find_cached_clip_weights, load_clip
+    from dva_model.edit.clip_loss import clip_loss_for, find_cached_clip_weights, load_clip
 
     path = find_cached_clip_weights() if weights == CACHED_WEIGHTS else model_path(weights)
     if path is None:
@@ -150,7 +150,7 @@ class DVACLIPEdit:
     @classmethod
     def execute(cls, model, clip, latent, identity, source_text, target_text, reference_frame, iterations,
                 learning_rate, clip_weight, identity_weight, l1_weight, scale, norm, faces=None):
-        from dva_model.clip_edit import ClipEditConfig, optimise_delta, reference_from_crops, reference_from_latent
+        from dva_model.edit.clip_edit import ClipEditConfig, optimise_delta, reference_from_crops, reference_from_latent
 
         from .decode import check_same_model
 
@@ -172,7 +172,7 @@ class DVACLIPEdit:
 
 def apply_to_identity(identity, delta, scale: float, norm: str):
     """A new DVA_IDENTITY whose base carries the delta; its attribute edits still apply after it."""
-    from dva_model.clip_edit import apply_delta
+    from dva_model.edit.clip_edit import apply_delta
 
     return dataclasses.replace(identity, base=apply_delta(identity.base, delta, scale=float(scale), norm=NORMS[norm]))
 
@@ -223,7 +223,7 @@ class DVASaveIdentityDelta:
 
     @classmethod
     def execute(cls, delta, filename_prefix):
-        from dva_model.clip_edit import save_delta
+        from dva_model.edit.clip_edit import save_delta
 
         path, name, subfolder = output_path(filename_prefix, DELTA_SUFFIX)
         save_delta(path, delta)
@@ -268,6 +268,6 @@ class DVALoadIdentityDelta:
 
     @classmethod
     def execute(cls, delta_file):
-        from dva_model.clip_edit import load_delta
+        from dva_model.edit.clip_edit import load_delta
 
         return (load_delta(input_path(delta_file)),)

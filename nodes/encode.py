@@ -40,7 +40,7 @@ class DVAEncode:
 
     @classmethod
     def execute(cls, model, faces, steps, frames_per_call):
-        from dva_model.latent_io import Latent
+        from dva_model.formats.latent_io import Latent
         from dva_model.model import mean_identity
 
         batch, callback = model.frames_per_call(frames_per_call), progress_callback()
@@ -78,7 +78,7 @@ class DVASaveLatent:
     @classmethod
     def execute(cls, latent, filename_prefix):
         require_all("DVA Save Latent", REQUIRES)
-        from dva_model.latent_io import save_latent
+        from dva_model.formats.latent_io import save_latent
 
         path, name, subfolder = output_path(filename_prefix, LATENT_SUFFIX)
         save_latent(path, latent)
@@ -119,7 +119,7 @@ class DVALoadLatent:
     @classmethod
     def execute(cls, latent_file):
         require_all("DVA Load Latent", REQUIRES)
-        from dva_model.latent_io import load_latent
+        from dva_model.formats.latent_io import load_latent
 
         return (load_latent(input_path(latent_file)),)
 

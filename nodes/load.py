@@ -67,7 +67,7 @@ class DVAClassifierLoader:
 
     @classmethod
     def execute(cls, classifier, latent_stats):
-        from dva_model.classifier import load_classifier
+        from dva_model.edit.classifier import load_classifier
 
         stats = None if latent_stats == NO_STATS else model_path(latent_stats)
         return (load_classifier(model_path(classifier), latent_stats=stats),)

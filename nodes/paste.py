@@ -30,7 +30,7 @@ class DVAPasteBack:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from dva_model.paste import MASK_PRESETS
+        from dva_model.face.paste import MASK_PRESETS
 
         return {"required": {
             "frames": ("IMAGE", {"tooltip": "The original frames, the same ones DVA Face Align saw."}),
@@ -58,7 +58,7 @@ class DVAPasteBack:
     def execute(cls, frames, faces, crops, model, mask_preset, union_edited, dilate, feather, temporal_sigma,
                 composite):
         require_all(NODE, REQUIRES)
-        from dva_model.paste import PasteConfig
+        from dva_model.face.paste import PasteConfig
         from dva_model.pipeline import EditConfig, paste_masks
 
         edited = image_to_crops(crops)
@@ -94,8 +94,8 @@ def composite_frames(frames, faces, edited, masks, *, composite, device, callbac
     import numpy as np
     import torch
 
-    from dva_model.align import warp_to_frames
-    from dva_model.paste import paste_back
+    from dva_model.face.align import warp_to_frames
+    from dva_model.face.paste import paste_back
 
     count, height, width, _ = frames.shape
     crop_row = np.full(count, -1)

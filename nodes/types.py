@@ -1,9 +1,9 @@
 """The pack's custom wire types and the one value type the nodes define themselves (DVA_IDENTITY).
 
     DVA_MODEL       nodes._host.ModelHandle: the resident DVAModel and its ComfyUI ModelPatcher
-    DVA_CLASSIFIER  dva_model.classifier.AttributeClassifier: attribute directions
-    DVA_FACES       dva_model.align.AlignedClip: aligned crops, per-frame quads and warps, face flags
-    DVA_LATENT      dva_model.latent_io.Latent: per-frame z_id, z_lnd, x_T, the inversion identity, steps
+    DVA_CLASSIFIER  dva_model.edit.classifier.AttributeClassifier: attribute directions
+    DVA_FACES       dva_model.face.align.AlignedClip: aligned crops, per-frame quads and warps, face flags
+    DVA_LATENT      dva_model.formats.latent_io.Latent: per-frame z_id, z_lnd, x_T, the inversion identity, steps
     DVA_IDENTITY    Identity (below): the clip identity to decode with, plus the edits to apply to it
 IMAGE and MASK use ComfyUI's layouts ([B, H, W, 3] and [B, H, W] float in [0, 1] on the CPU).
 """
@@ -24,10 +24,10 @@ IDENTITY = "DVA_IDENTITY"
 class AttributeEditStep:
     """One attribute edit: move along ``classifier``'s direction ``attribute`` by ``scale``."""
 
-    classifier: Any  # dva_model.classifier.AttributeClassifier
+    classifier: Any  # dva_model.edit.classifier.AttributeClassifier
     attribute: str
     scale: float
-    norm: str  # "keep" or "unit" (dva_model.classifier.EditNorm)
+    norm: str  # "keep" or "unit" (dva_model.edit.classifier.EditNorm)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +48,9 @@ class Identity:
         """z_id_edit [512] float32: the published classifier edit with every chained step at once.
 
         Consecutive steps on the same classifier and norm are summed in one call of
-        ``dva_model.classifier.edit_identity`` (so chaining A then B equals editing A and B together).
+        ``dva_model.edit.classifier.edit_identity`` (so chaining A then B equals editing A and B together).
         """
-        from dva_model.classifier import edit_identity
+        from dva_model.edit.classifier import edit_identity
 
         z_id, group = self.base, []
         for step in self.edits + (None,):

@@ -62,7 +62,7 @@ class DVAVideoLoad:
     @classmethod
     def execute(cls, video, start_frame, frame_cap, stride, max_gib):
         require_all(NODE, REQUIRES)
-        from dva_model.video import FrameSelection, audio_window, read_frames
+        from dva_model.formats.video import FrameSelection, audio_window, read_frames
 
         path = input_path(video)
         selection = FrameSelection(start=start_frame, stride=stride, max_frames=frame_cap or None)

@@ -75,7 +75,7 @@ def carphone_video() -> Path:
 @functools.lru_cache(maxsize=4)
 def decoded_frames(name: str, count: int):
     """The first ``count`` frames of clip ``name`` as float32 [count, H, W, 3] in [0, 1] (cached per session)."""
-    from dva_model.video import FrameSelection, read_frames
+    from dva_model.formats.video import FrameSelection, read_frames
 
     frames, _ = read_frames(media_path(name), selection=FrameSelection(max_frames=count))
     return frames
@@ -84,7 +84,7 @@ def decoded_frames(name: str, count: int):
 @functools.lru_cache(maxsize=2)
 def dlib_landmarker():
     """dlib's HOG detector + the real 68-point shape predictor (one per session)."""
-    from dva_model.landmarks import make_landmarker
+    from dva_model.face.landmarks import make_landmarker
 
     return make_landmarker(detector="dlib", landmarks="dlib")
 
@@ -92,7 +92,7 @@ def dlib_landmarker():
 @functools.lru_cache(maxsize=4)
 def dlib_track(name: str, count: int):
     """The dlib face track of the first ``count`` frames of clip ``name`` (cached per session)."""
-    from dva_model.landmarks import track_faces
+    from dva_model.face.landmarks import track_faces
 
     frames = (decoded_frames(name, count) * 255).round().to(torch.uint8).numpy()
     return track_faces([frames], dlib_landmarker(), source=name)

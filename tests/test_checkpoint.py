@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import make_tiny_model, tiny_dva_config, write_release_checkpoint
-from dva_model.checkpoint import (EncoderFiles, load_model, read_model_state, release_state_from_model,
+from dva_model.formats.checkpoint import (EncoderFiles, load_model, read_model_state, release_state_from_model,
                                   save_model)
-from dva_model.cli import main as cli_main
+from dva_model.cli.main import main as cli_main
 from dva_model.errors import ModelFileError
 from dva_model.model import DVAConfig
-from dva_model.safe_pickle import load_pickled
+from dva_model.formats.safe_pickle import load_pickled
 
 
 def _assert_same_weights(a, b):
@@ -142,7 +142,7 @@ def test_wrong_shape_is_named(tmp_path, tiny_model):
 
 def test_released_encoder_files_replace_the_checkpoints(tmp_path, tiny_checkpoint):
     other = make_tiny_model(seed=9).encoder
-    from dva_model import face_encoder
+    from dva_model.nets import face_encoder
 
     files = {}
     for name, module, to_file in (

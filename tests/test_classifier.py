@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dva_model.classifier import (AttributeClassifier, edit_identity, load_classifier, parse_edit,
+from dva_model.edit.classifier import (AttributeClassifier, edit_identity, load_classifier, parse_edit,
                                   save_directions)
 from dva_model.constants import CELEBA_ATTRIBUTES, ID_DIM
 from dva_model.errors import ModelFileError, UserError

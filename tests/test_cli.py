@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dva_model.cli import main as cli_main
-from dva_model.image_io import read_crops
-from dva_model.latent_io import load_latent
+from dva_model.cli.main import main as cli_main
+from dva_model.formats.image_io import read_crops
+from dva_model.formats.latent_io import load_latent
 
 STEPS = 10
 
@@ -90,8 +90,8 @@ def test_empty_aligned_folder(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_decode_applies_a_clip_delta_before_attributes(tmp_path, encoded, tiny_checkpoint, tiny_model):
-    from dva_model.clip_edit import IdentityDelta, apply_delta, save_delta
-    from dva_model.image_io import to_uint8
+    from dva_model.edit.clip_edit import IdentityDelta, apply_delta, save_delta
+    from dva_model.formats.image_io import to_uint8
 
     g = torch.Generator().manual_seed(11)
     delta = torch.randn(512, generator=g) * 0.05
@@ -114,7 +114,7 @@ def test_bad_delta_option_is_one_sentence(tmp_path, encoded, tiny_checkpoint, ca
 
 
 def test_global_options_work_before_or_after_the_command():
-    from dva_model.cli import build_parser
+    from dva_model.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["convert", "a.ckpt", "b.safetensors", "--quiet"]).quiet is True

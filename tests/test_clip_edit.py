@@ -14,19 +14,19 @@ pytest.importorskip("open_clip")
 
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 
-from dva_model import clip_loss as clip_loss_module  # noqa: E402
-from dva_model.bisenet import foreground_mask  # noqa: E402
-from dva_model.classifier import AttributeClassifier, edit_identity  # noqa: E402
-from dva_model.clip_edit import (  # noqa: E402
+from dva_model.edit import clip_loss as clip_loss_module  # noqa: E402
+from dva_model.nets.bisenet import foreground_mask  # noqa: E402
+from dva_model.edit.classifier import AttributeClassifier, edit_identity  # noqa: E402
+from dva_model.edit.clip_edit import (  # noqa: E402
     ClipEditConfig, EditObjective, IdentityDelta, ReferenceFrame, apply_delta, combine_edits, load_delta,
     optimise_delta, reconstruction_trajectory, reference_from_crops, reference_from_latent, save_delta,
 )
-from dva_model.clip_loss import (  # noqa: E402
+from dva_model.edit.clip_loss import (  # noqa: E402
     IMAGENET_TEMPLATES, ClipDirectionalLoss, build_clip, clip_loss_for, load_clip, log_directional_loss,
 )
 from dva_model.constants import ID_DIM, LANDMARK_DIM, TRAINING_MASK_EXCLUDED  # noqa: E402
 from dva_model.errors import ModelFileError, UserError  # noqa: E402
-from dva_model.latent_io import Latent  # noqa: E402
+from dva_model.formats.latent_io import Latent  # noqa: E402
 from dva_model.model import DVAConfig, DVAModel  # noqa: E402
 from dva_model.progress import Cancelled  # noqa: E402
 from dva_model.testing import randomize_, single_thread, tiny_unet_config  # noqa: E402
@@ -120,9 +120,10 @@ def test_directional_loss_values(clip_loss):
 def test_trajectory_is_inversion_then_stepwise_reconstruction(small_model, reference):
     trajectory = reconstruction_trajectory(small_model, reference, steps=5)
     assert trajectory.shape == (6, 3, SMALL_SIZE, SMALL_SIZE)
-    from dva_model import ddim_invert, ddim_sample
-    from dva_model.clip_edit import _eps_model
-    from dva_model.schedule import respaced_timesteps
+    from dva_model.diffusion import ddim_invert
+    from dva_model.diffusion import ddim_sample
+    from dva_model.edit.clip_edit import _eps_model
+    from dva_model.diffusion.schedule import respaced_timesteps
 
     z_face = small_model.face_condition(reference.z_id[None], reference.z_lnd[None])
     eps, steps = _eps_model(small_model.unet), respaced_timesteps(5)
@@ -307,9 +308,9 @@ def test_clip_edit_command_from_a_latent(tmp_path, small_model, monkeypatch):
     from PIL import Image
     from safetensors.torch import save_file
 
-    from dva_model import cli
-    from dva_model.checkpoint import save_model
-    from dva_model.latent_io import save_latent
+    from dva_model.cli import main as cli
+    from dva_model.formats.checkpoint import save_model
+    from dva_model.formats.latent_io import save_latent
 
     monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys(cli.COMMANDS + ("clip_edit",))))
     checkpoint = save_model(tmp_path / "small.safetensors", small_model)

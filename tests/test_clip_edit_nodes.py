@@ -11,10 +11,10 @@ pytest.importorskip("open_clip")
 from test_clip_edit import tiny_clip  # noqa: E402
 from comfy_fakes import InterruptProcessingException, install, model_handle as _handle  # noqa: E402
 
-from dva_model.classifier import AttributeClassifier, edit_identity  # noqa: E402
-from dva_model.clip_edit import IdentityDelta, apply_delta  # noqa: E402
+from dva_model.edit.classifier import AttributeClassifier, edit_identity  # noqa: E402
+from dva_model.edit.clip_edit import IdentityDelta, apply_delta  # noqa: E402
 from dva_model.constants import ID_DIM, LANDMARK_DIM  # noqa: E402
-from dva_model.latent_io import Latent  # noqa: E402
+from dva_model.formats.latent_io import Latent  # noqa: E402
 from dva_model.testing import randomize_, single_thread, tiny_unet_config  # noqa: E402
 
 
@@ -120,7 +120,7 @@ def test_delta_nodes_save_load_and_apply_before_attribute_edits(comfy_host):
 
 
 def test_clip_loader_without_weights_is_one_sentence(comfy_host, monkeypatch):
-    from dva_model import clip_loss
+    from dva_model.edit import clip_loss
     from nodes.clip_edit import CACHED_WEIGHTS, DVACLIPLoader
 
     monkeypatch.setattr(clip_loss, "find_cached_clip_weights", lambda: None)

@@ -37,8 +37,8 @@ def cached_clip_home(tmp_path_factory):
 
 
 def test_clip_edit_workflow_runs_and_lowers_its_loss(server, object_info, tmp_path):
-    from dva_model.clip_edit import load_delta
-    from dva_model.video import probe
+    from dva_model.edit.clip_edit import load_delta
+    from dva_model.formats.video import probe
     from media import single_face_video
 
     prompt = json.loads((WORKFLOWS / "api" / "clip_edit.json").read_text())

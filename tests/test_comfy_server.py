@@ -112,7 +112,7 @@ def prompt(server):
 
 
 def _expected_frames() -> int:
-    from dva_model.video import probe
+    from dva_model.formats.video import probe
     from media import single_face_video
 
     frames = int(os.environ.get("DVA_SERVER_TEST_FRAMES", "4"))
@@ -147,7 +147,7 @@ def test_object_info_lists_every_pack_node_as_declared(object_info, comfy_host):
 
 
 def test_shipped_workflow_returns_a_video_of_the_input_frame_count_and_size(server, object_info, prompt, tmp_path):
-    from dva_model.video import probe
+    from dva_model.formats.video import probe
     from media import single_face_video
 
     assert check_api_workflow(prompt, object_info) == []
@@ -229,7 +229,7 @@ def test_the_model_comes_back_after_comfyui_unloads_it(server_process, prompt):
 
 
 def test_run_workflow_script_uploads_runs_and_downloads(server, prompt, tmp_path):
-    from dva_model.video import probe
+    from dva_model.formats.video import probe
     from media import single_face_video
 
     api.check_success(_run(server, prompt)[0])  # the clip is aligned and inverted on the server already

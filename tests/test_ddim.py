@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from dva_model import ddim_invert, ddim_sample
+from dva_model.diffusion import ddim_invert
+
+from dva_model.diffusion import ddim_sample
 from dva_model.progress import Cancelled
-from dva_model.schedule import DDIMCoefficients, alpha_bar_schedule, respaced_timesteps
+from dva_model.diffusion.schedule import DDIMCoefficients, alpha_bar_schedule, respaced_timesteps
 from dva_model.testing import randomize_, single_thread, tiny_unet_config
-from dva_model.unet import DVAUNet
+from dva_model.nets.unet import DVAUNet
 
 ALPHA_BAR = alpha_bar_schedule()
 SHAPE = (2, 3, 8, 8)

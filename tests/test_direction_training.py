@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dva_model import cli
-from dva_model.classifier import edit_identity, load_classifier, save_directions
+from dva_model.cli import main as cli
+from dva_model.edit.classifier import edit_identity, load_classifier, save_directions
 from dva_model.constants import CELEBA_ATTRIBUTES, CROP_SIZE, ID_DIM
-from dva_model.direction_training import (
+from dva_model.edit.direction_training import (
     DirectionTrainingConfig, feature_statistics, load_face_image, load_features, read_labels,
     save_release_classifier, train_directions,
 )

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from dva_model import constants as C
-from dva_model import face_encoder as fe
-from dva_model.bisenet import FaceParser, foreground_mask
-from dva_model.landmark_net import LandmarkEncoder
+from dva_model.nets import face_encoder as fe
+from dva_model.nets.bisenet import FaceParser, foreground_mask
+from dva_model.nets.landmark_net import LandmarkEncoder
 from dva_model.testing import randomize_
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Face detection, landmarks and tracking (dva_model.landmarks): dlib's real models on real clips,
+"""Face detection, landmarks and tracking (dva_model.face.landmarks): dlib's real models on real clips,
 and the tracking rules on scripted detections."""
 
 import importlib.util
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from media import decoded_frames, dlib_landmarker, dlib_track
-from dva_model import landmarks as lm
+from dva_model.face import landmarks as lm
 from dva_model.errors import ModelFileError, NoFaceError, UserError
 
 

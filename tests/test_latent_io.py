@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dva_model.errors import UserError
-from dva_model.latent_io import Latent, load_latent, save_latent
+from dva_model.formats.latent_io import Latent, load_latent, save_latent
 
 
 def _latent(n=3, size=16):

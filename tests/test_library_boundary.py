@@ -33,7 +33,8 @@ def test_no_comfyui_imports_and_no_print():
 
 
 def test_every_library_module_imports_in_a_clean_interpreter():
-    modules = [f"dva_model.{p.stem}" for p in sorted(LIBRARY.glob("*.py")) if p.stem != "__main__"]
+    modules = [".".join(p.relative_to(LIBRARY.parent).with_suffix("").parts) for p in sorted(LIBRARY.rglob("*.py"))
+               if p.stem not in ("__main__", "__init__")]
     code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n" \
            "assert not any(k.split('.')[0] in ('comfy', 'folder_paths') for k in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dva_model.cli import main as cli_main
+from dva_model.cli.main import main as cli_main
 from dva_model.metrics import (DLIB_EMBEDDING_DIM, DLIB_SAME_PERSON_DISTANCE, DlibFaceEmbedder,
                                identity_consistency, psnr)
 from media import carphone_video, decoded_frames, single_face_video
@@ -129,7 +129,7 @@ def test_metrics_command_on_a_really_changed_clip(tmp_path, capsys):
     # A real (if crude) edit: the first 6 frames with the face region brightened, written losslessly.
     from fractions import Fraction
 
-    from dva_model.video import write_video
+    from dva_model.formats.video import write_video
 
     frames = decoded_frames("single_face.mp4", CLIP_FRAMES).clone()
     source, edited = tmp_path / "source.mp4", tmp_path / "edited.mp4"

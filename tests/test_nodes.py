@@ -22,7 +22,7 @@ PACK_NODES = {
     "DVALoadLatent", "DVAIdentityAverage", "DVAAttributeEdit", "DVADDIMDecode", "DVAPasteBack",
     "DVACLIPLoader", "DVACLIPEdit", "DVAApplyIdentityDelta", "DVASaveIdentityDelta", "DVALoadIdentityDelta",
 }
-HEAVY_MODULES = ("dva_model.unet", "dva_model.model", "dva_model.checkpoint", "av", "dlib", "kornia", "scipy",
+HEAVY_MODULES = ("dva_model.nets.unet", "dva_model.model", "dva_model.formats.checkpoint", "av", "dlib", "kornia", "scipy",
                  "safetensors", "open_clip")
 
 
@@ -125,7 +125,7 @@ def small_model():
 
 
 def _one_frame_latent(model, steps, model_id):
-    from dva_model.latent_io import Latent
+    from dva_model.formats.latent_io import Latent
 
     generator = torch.Generator().manual_seed(0)
     z_id = torch.nn.functional.normalize(torch.randn(1, 512, generator=generator), dim=1)
@@ -173,7 +173,7 @@ def test_decode_refuses_an_encoding_of_another_model(comfy_host, small_model):
 
 
 def _random_classifier():
-    from dva_model.classifier import AttributeClassifier
+    from dva_model.edit.classifier import AttributeClassifier
     from dva_model.constants import CELEBA_ATTRIBUTES
 
     generator = torch.Generator().manual_seed(5)
@@ -184,7 +184,7 @@ def _random_classifier():
 
 
 def test_chained_attribute_edits_equal_one_multi_attribute_edit():
-    from dva_model.classifier import edit_identity
+    from dva_model.edit.classifier import edit_identity
     from nodes.edit import DVAAttributeEdit
     from nodes.types import Identity
 
@@ -214,7 +214,7 @@ def test_unknown_custom_attribute_is_one_sentence_with_the_known_names():
 
 
 def test_identity_average_uses_the_inversion_identity_or_the_plain_mean():
-    from dva_model.latent_io import Latent
+    from dva_model.formats.latent_io import Latent
     from nodes.edit import DVAIdentityAverage
 
     z_id = torch.nn.functional.normalize(torch.randn(3, 512), dim=1)
@@ -231,7 +231,7 @@ def test_identity_average_uses_the_inversion_identity_or_the_plain_mean():
 
 
 def test_saved_latent_is_listed_and_loads_back_unchanged(comfy_host):
-    from dva_model.latent_io import Latent
+    from dva_model.formats.latent_io import Latent
 
     nodes = pack_nodes()
     z_id = torch.nn.functional.normalize(torch.randn(2, 512), dim=1)

@@ -1,4 +1,4 @@
-"""Paste-back (dva_model.paste): mask presets and refinements, and compositing that leaves everything
+"""Paste-back (dva_model.face.paste): mask presets and refinements, and compositing that leaves everything
 outside the mask (and outside the crop square) bit-identical, checked on a real clip."""
 
 import functools
@@ -9,9 +9,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from media import decoded_frames, dlib_track
-from dva_model import align
+from dva_model.face import align
 from dva_model.constants import PARSING_CLASSES
-from dva_model.paste import MASK_PRESETS, PasteConfig, build_masks, class_mask, paste_back, smooth_in_time
+from dva_model.face.paste import MASK_PRESETS, PasteConfig, build_masks, class_mask, paste_back, smooth_in_time
 
 SKIN, HAIR, NECK, L_EAR = (PARSING_CLASSES.index(n) for n in ("skin", "hair", "neck", "l_ear"))
 

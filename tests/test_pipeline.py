@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from media import decoded_frames, dlib_landmarker, single_face_video
-from dva_model import align
-from dva_model.cli import main
+from dva_model.face import align
+from dva_model.cli.main import main
 from dva_model.constants import ID_DIM, LANDMARK_DIM, PARSING_CLASSES
 from dva_model.errors import NoFaceError, UserError
-from dva_model.image_io import read_crops
-from dva_model.landmarks import TrackConfig
+from dva_model.formats.image_io import read_crops
+from dva_model.face.landmarks import TrackConfig
 from dva_model.pipeline import EditConfig, align_video, edit_video, load_alignment
-from dva_model.video import FrameSelection, probe, read_frames, write_video
+from dva_model.formats.video import FrameSelection, probe, read_frames, write_video
 
 SKIN = PARSING_CLASSES.index("skin")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dva_model.schedule import (
+from dva_model.diffusion.schedule import (
     alpha_bar_schedule,
     beta_schedule,
     respaced_alpha_bar,

@@ -1,4 +1,4 @@
-"""Training (dva_model.train*, the train command): the published objective, the rank-sharded data order,
+"""Training (dva_model.train.trainer*, the train command): the published objective, the rank-sharded data order,
 overfitting a few real frames, and a two-process CPU torchrun run that checkpoints, resumes bit for bit
 and decodes through the CLI.
 
@@ -21,19 +21,19 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from media import decoded_frames, dlib_track
-from dva_model import align
-from dva_model.checkpoint import load_model, save_model
-from dva_model.cli import main as cli_main
-from dva_model.commands import train as train_command
+from dva_model.face import align
+from dva_model.formats.checkpoint import load_model, save_model
+from dva_model.cli.main import main as cli_main
+from dva_model.cli import train as train_command
 from dva_model.errors import UserError
-from dva_model.image_io import read_crops
-from dva_model.latent_io import Latent, save_latent
+from dva_model.formats.image_io import read_crops
+from dva_model.formats.latent_io import Latent, save_latent
 from dva_model.model import DVAConfig, DVAModel
-from dva_model.schedule import alpha_bar_schedule
+from dva_model.diffusion.schedule import alpha_bar_schedule
 from dva_model.testing import randomize_, tiny_unet_config
-from dva_model.train import TrainConfig, Trainer, encode_conditions, evaluation_loss, load_training_state
-from dva_model.train_data import DataConfig, StepFrames, list_clips, videos_for_step
-from dva_model.train_loss import draw_noise, dva_loss
+from dva_model.train.trainer import TrainConfig, Trainer, encode_conditions, evaluation_loss, load_training_state
+from dva_model.train.data import DataConfig, StepFrames, list_clips, videos_for_step
+from dva_model.train.loss import draw_noise, dva_loss
 
 REPO = Path(__file__).resolve().parents[1]
 UNET = tiny_unet_config()  # 32x32
@@ -44,7 +44,7 @@ PREVIEW_STEPS = 5
 # The CLI as torchrun starts it (``cli.COMMANDS`` lists "train" once the command is registered).
 LAUNCHER = """\
 import sys
-from dva_model import cli
+from dva_model.cli import main as cli
 if "train" not in cli.COMMANDS:
     cli.COMMANDS += ("train",)
 sys.exit(cli.main())
@@ -209,7 +209,7 @@ def test_raw_videos_are_aligned_once_and_reused(tmp_path, monkeypatch):
     from fractions import Fraction
 
     from dva_model import pipeline
-    from dva_model.video import write_video
+    from dva_model.formats.video import write_video
 
     data, out = tmp_path / "data", tmp_path / "run"
     data.mkdir()

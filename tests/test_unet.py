@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dva_model.testing import randomize_, single_thread, tiny_unet_config
-from dva_model.unet import AttentionBlock, DVAUNet, GroupNorm32, ResBlock, UNetConfig, timestep_embedding
+from dva_model.nets.unet import AttentionBlock, DVAUNet, GroupNorm32, ResBlock, UNetConfig, timestep_embedding
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_KEYS_CANDIDATES = (REPO / "docs" / "official-keys.tsv", Path("/work/shared/docs/official-keys.tsv"))

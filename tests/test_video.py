@@ -1,4 +1,4 @@
-"""Video in and out (dva_model.video) on real clips: probe, selection, chunking, writer, audio, errors."""
+"""Video in and out (dva_model.formats.video) on real clips: probe, selection, chunking, writer, audio, errors."""
 
 from fractions import Fraction
 from pathlib import Path
@@ -10,7 +10,7 @@ import torch
 
 from media import carphone_video, decoded_frames, single_face_video
 from dva_model.errors import UserError
-from dva_model.video import FrameSelection, VideoWriter, iter_frames, probe, read_frames, write_video
+from dva_model.formats.video import FrameSelection, VideoWriter, iter_frames, probe, read_frames, write_video
 
 
 def audio_seconds(path: Path) -> float:

@@ -247,7 +247,7 @@ class _SaveVideo:
     @classmethod
     def execute(cls, video, filename_prefix, format, codec):
         import folder_paths
-        from dva_model.video import write_video
+        from dva_model.formats.video import write_video
 
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
         path = Path(folder) / f"{name}_{counter:05}_.mp4"
@@ -285,7 +285,7 @@ def _release_classifier(path: Path) -> Path:
 
 
 def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_checkpoint):
-    from dva_model.video import probe
+    from dva_model.formats.video import probe
     from media import single_face_video
 
     prompt = json.loads((WORKFLOWS / "api" / "attribute_edit.json").read_text())

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from dva_model.align import align_frames, compute_quads, warp_to_frames
-from dva_model.landmarks import landmarks_of_image, make_landmarker
+from dva_model.face.align import align_frames, compute_quads, warp_to_frames
+from dva_model.face.landmarks import landmarks_of_image, make_landmarker
 
 PANEL = 320
 MARGIN = 16

@@ -4,7 +4,7 @@
 
 Where compare.py says *whether* the CLI matches, this says *where* it does not. Both sides load the same
 random Lightning checkpoint (the reference through ``LitModel.load_state_dict``, ours through
-``dva_model.checkpoint.load_model``) and get identical inputs (the saved aligned crops):
+``dva_model.formats.checkpoint.load_model``) and get identical inputs (the saved aligned crops):
     schedule     kept timesteps and alpha_bar of the respaced process
     z_id, z_lnd, z_face, parsing mask       encoders (the mask as the paste-back foreground)
     eps          one UNet call at several timesteps
@@ -53,10 +53,11 @@ def ref_eps_model(lit):
 
 @torch.no_grad()
 def run(reference_dir: Path, reference_out: Path, width: int, chain_frames: int = 1) -> dict:
-    from dva_model import ddim_invert, ddim_sample
-    from dva_model.checkpoint import load_model
+    from dva_model.diffusion import ddim_invert
+    from dva_model.diffusion import ddim_sample
+    from dva_model.formats.checkpoint import load_model
     from dva_model.constants import PASTE_MASK_EXCLUDED
-    from dva_model.schedule import respaced_timesteps
+    from dva_model.diffusion.schedule import respaced_timesteps
 
     ref = parity_env.import_reference(reference_dir)
     saved = load_file(str(reference_out / "reference.safetensors"))

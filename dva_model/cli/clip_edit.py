@@ -1,0 +1,168 @@
+"""``clip-edit``: a text edit ("face" -> "face with beard") learnt on one frame -> an identity delta file.
+
+The clip comes as a video (aligned here), a folder of aligned crops or a latent file from ``encode``.
+The delta is saved; optionally the edited crops and (for a video) the edited video are rendered with
+it, after which any ``--attribute`` edits are applied on top (CLIP delta first, then attributes).
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from dva_model.edit.clip_edit import (
+    DEFAULT_SCALE, ClipEditConfig, combine_edits, optimise_delta, reference_from_crops, reference_from_latent,
+    save_delta,
+)
+from dva_model.cli.align import add_face_options, landmarker_from_args
+from dva_model.cli.common import add_model_options, load_model_from_args
+from dva_model.errors import UserError
+from dva_model.cli.progress_bar import terminal_progress
+from dva_model.formats.video import FrameSelection
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = ClipEditConfig(source_text="face", target_text="face")  # the published settings
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "clip-edit", help="learn a text-driven identity edit with CLIP and save it as a delta file",
+        description="Optimise the identity of one reference frame so that one DDIM step of its 5-step "
+                    "trajectory moves along the CLIP direction from --source to --target text (the "
+                    "published CLIP edit), and save the identity delta; optionally render the edit.",
+    )
+    add_model_options(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", type=Path, help="input video (aligned here)")
+    source.add_argument("--aligned", type=Path, help="folder of aligned 256x256 crops")
+    source.add_argument("--latent", type=Path, help="latent file written by encode")
+    parser.add_argument("--source", required=True, help="neutral text, e.g. 'face'")
+    parser.add_argument("--target", required=True, help="target text, e.g. 'face with beard'")
+    parser.add_argument("--out", type=Path, required=True, help="identity delta file to write (.safetensors)")
+    parser.add_argument("--clip-weights", type=Path,
+                        help="OpenAI CLIP ViT-B-16.pt or an open_clip file (default: the local CLIP caches)")
+    parser.add_argument("--download-clip", action="store_true",
+                        help="download OpenAI's ViT-B/16 through open_clip when no local copy exists")
+    parser.add_argument("--reference-frame", type=int, default=0, help="frame the edit is learnt on (default 0)")
+    parser.add_argument("--iterations", type=int, default=DEFAULTS.iterations, help="Adam iterations (release 2000)")
+    parser.add_argument("--lr", type=float, default=DEFAULTS.learning_rate, help="Adam learning rate (release 0.002)")
+    parser.add_argument("--clip-weight", type=float, default=DEFAULTS.clip_weight, help="CLIP loss weight (README 3)")
+    parser.add_argument("--id-weight", type=float, default=DEFAULTS.identity_weight,
+                        help="identity loss weight (README 1)")
+    parser.add_argument("--l1-weight", type=float, default=DEFAULTS.l1_weight, help="masked L1 weight (README 5)")
+    parser.add_argument("--scale", type=float, default=DEFAULT_SCALE,
+                        help=f"strength when rendering: z_id + scale * delta (README {DEFAULT_SCALE})")
+    parser.add_argument("--edit-norm", choices=("keep", "unit"), default="keep",
+                        help="keep: scale 0 = plain reconstruction; unit: the release's unit-length identity")
+    parser.add_argument("--decode-out", type=Path, help="also write the edited crops as PNG here")
+    parser.add_argument("--edited-video", type=Path, help="with --video: also write the edited video (.mp4)")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="DDIM steps to render crops or video (release 1000; a latent keeps its own)")
+    parser.add_argument("--attribute", action="append", default=[], metavar="NAME:SCALE",
+                        help="attribute edit applied after the delta when rendering (needs --classifier)")
+    parser.add_argument("--classifier", type=Path, help="attribute classifier (release last.ckpt or directions)")
+    parser.add_argument("--latent-stats", type=Path, help="release latent.pkl, if the classifier lacks mean/std")
+    parser.add_argument("--start", type=int, default=0, help="with --video: first frame to use")
+    parser.add_argument("--stop", type=int, help="with --video: frame to stop before")
+    parser.add_argument("--stride", type=int, default=1, help="with --video: use every n-th frame")
+    parser.add_argument("--max-frames", type=int, help="with --video: use at most this many frames")
+    add_face_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _classifier(args: argparse.Namespace):
+    from dva_model.edit.classifier import load_classifier, parse_edit
+
+    if not args.attribute:
+        return None, ()
+    if args.classifier is None:
+        raise UserError("--attribute needs --classifier (the released diffusion_video_autoencoder_cls/last.ckpt).")
+    classifier = load_classifier(args.classifier, latent_stats=args.latent_stats)
+    return classifier, tuple(parse_edit(a) for a in args.attribute)
+
+
+def _aligned_clip(args: argparse.Namespace):
+    from dva_model.face.align import AlignConfig
+    from dva_model.face.landmarks import TrackConfig
+    from dva_model.pipeline import align_video
+
+    selection = FrameSelection(start=args.start, stop=args.stop, stride=args.stride, max_frames=args.max_frames)
+    clip = align_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
+                       align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
+                       stage_progress=lambda stage: terminal_progress(stage, enabled=not args.quiet))
+    return clip, selection
+
+
+def run(args: argparse.Namespace) -> int:
+    from dva_model.edit.clip_loss import clip_loss_for, load_clip
+
+    if args.edited_video is not None:
+        if args.video is None:
+            raise UserError("--edited-video needs --video (the frames to paste the edited faces into).")
+        from dva_model.pipeline import check_output_path
+
+        check_output_path(args.video, args.edited_video)
+    config = ClipEditConfig(source_text=args.source, target_text=args.target, iterations=args.iterations,
+                            learning_rate=args.lr, clip_weight=args.clip_weight, identity_weight=args.id_weight,
+                            l1_weight=args.l1_weight)
+    classifier, attributes = _classifier(args)
+    clip_loss = clip_loss_for(load_clip(args.clip_weights, device=args.device, allow_download=args.download_clip))
+    clip, selection = _aligned_clip(args) if args.video else (None, None)
+    model = load_model_from_args(args)
+    progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
+    if args.latent is not None:
+        from dva_model.formats.latent_io import load_latent
+
+        latent = load_latent(args.latent)
+        reference = reference_from_latent(model, latent, index=args.reference_frame, callback=progress("reference"))
+    else:
+        from dva_model.formats.image_io import read_crops
+
+        names, crops = read_crops(args.aligned, size=model.image_size) if clip is None else (None, clip.crops)
+        reference = reference_from_crops(model, crops, index=args.reference_frame)
+    result = optimise_delta(model, clip_loss, reference, config=config, callback=progress("clip-edit"))
+    save_delta(args.out, result.delta)
+    first, last = result.losses[0], result.losses[-1]
+    log.info("wrote %s; loss %.4f -> %.4f (clip %.4f -> %.4f)", args.out, first.total, last.total,
+             first.clip, last.clip)
+
+    def target(identity):
+        return combine_edits(identity, deltas=[(result.delta, args.scale)], classifier=classifier,
+                             attributes=attributes, norm=args.edit_norm)
+
+    if args.latent is not None and args.decode_out is not None:
+        _render_latent(args, model, latent, target, progress)
+    elif args.decode_out is not None or args.edited_video is not None:
+        names = names if clip is None else [f"{clip.indices[row]:06d}" for row in clip.face_rows]
+        _render_crops(args, model, crops, names, target, clip, selection, progress)
+    return 0
+
+
+def _render_latent(args, model, latent, target, progress) -> None:
+    from dva_model.formats.image_io import write_crops
+
+    crops = model.decode(latent.x_T, target(latent.identity), latent.z_lnd, steps=latent.steps,
+                         batch_size=args.batch_size, callback=progress("decode"))
+    names = latent.frame_names or tuple(f"{i:05d}" for i in range(len(crops)))
+    write_crops(args.decode_out, names, crops)
+    log.info("wrote %d edited crops to %s", len(crops), args.decode_out)
+
+
+def _render_crops(args, model, crops, names, target, clip, selection, progress) -> None:
+    from dva_model.formats.image_io import write_crops
+    from dva_model.model import mean_identity
+    from dva_model.pipeline import EditConfig, paste_masks, reconstruct_crops, write_pasted
+
+    render = EditConfig(steps=args.steps, batch_size=args.batch_size)
+    z_id, z_lnd = model.encode_features(crops, batch_size=args.batch_size, callback=progress("encode"))
+    identity = mean_identity(z_id)
+    edited = reconstruct_crops(model, crops, z_lnd, identity, target(identity), config=render,
+                               callback=progress("invert+decode"))
+    if args.decode_out is not None:
+        write_crops(args.decode_out, names, edited)
+        log.info("wrote %d edited crops to %s", len(edited), args.decode_out)
+    if args.edited_video is not None:
+        masks = paste_masks(model, crops, edited, [clip.indices[row] for row in clip.face_rows], config=render)
+        write_pasted(args.video, args.edited_video, clip, edited, masks, selection=selection, config=render,
+                     callback=progress("paste"))
+        log.info("wrote %s", args.edited_video)

@@ -1,0 +1,106 @@
+"""Options and helpers shared by the model-using CLI commands."""
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from dva_model.formats.checkpoint import EncoderFiles, load_model
+from dva_model.edit.classifier import AttributeClassifier
+from dva_model.errors import UserError
+from dva_model.model import DVAModel
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="DVA model: the released .ckpt or a converted .safetensors")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                        help="UNet precision (GroupNorm stays fp32; encoders always fp32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="frames per UNet call")
+    parser.add_argument("--id-weights", type=Path, help="optional released model_ir_se50.pth")
+    parser.add_argument("--landmark-weights", type=Path,
+                        help="optional released mobilenet_224_model_best_gdconv_external.pth.tar")
+    parser.add_argument("--parser-weights", type=Path, help="optional released 79999_iter.pth")
+
+
+def load_model_from_args(args: argparse.Namespace) -> DVAModel:
+    files = None
+    if args.id_weights or args.landmark_weights or args.parser_weights:
+        files = EncoderFiles(identity=args.id_weights, landmarks=args.landmark_weights, parser=args.parser_weights)
+    return load_model(args.checkpoint, device=args.device, dtype=PRECISIONS[args.precision], encoder_files=files)
+
+
+def add_identity_edit_options(parser: argparse.ArgumentParser) -> None:
+    """--attribute / --classifier / --latent-stats / --delta / --edit-norm, shared by decode and edit."""
+    parser.add_argument("--attribute", action="append", default=[], metavar="NAME:SCALE",
+                        help="attribute edit, e.g. Mustache:0.25 (repeatable; CelebA names)")
+    parser.add_argument("--classifier", type=Path, help="attribute classifier (release last.ckpt or directions)")
+    parser.add_argument("--latent-stats", type=Path, help="release latent.pkl, if the classifier lacks mean/std")
+    parser.add_argument("--delta", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="identity delta from clip-edit, applied before attribute edits "
+                             "(repeatable; scale defaults to the published 0.5)")
+    parser.add_argument("--edit-norm", choices=("keep", "unit"), default="keep",
+                        help="keep: the edited identity keeps the clip identity's norm (scale 0 = no change); "
+                             "unit: the release's unit-length identity")
+
+
+@dataclass(frozen=True)
+class IdentityEdits:
+    """The identity edits a command line asks for, loaded: deltas first, then attributes."""
+
+    deltas: Tuple[Tuple[Tensor, float], ...]
+    attributes: Tuple[Tuple[str, float], ...]
+    classifier: Optional[AttributeClassifier]
+    norm: str
+
+    def __bool__(self) -> bool:
+        return bool(self.deltas or self.attributes)
+
+
+def identity_edits_from_args(args: argparse.Namespace) -> IdentityEdits:
+    """Parse and load --delta / --attribute (+ --classifier); one-sentence errors for bad values."""
+    from dva_model.edit.classifier import load_classifier, parse_edit
+
+    attributes = tuple(parse_edit(text) for text in args.attribute)
+    if attributes and args.classifier is None:
+        raise UserError("--attribute needs --classifier (the released diffusion_video_autoencoder_cls/last.ckpt).")
+    classifier = load_classifier(args.classifier, latent_stats=args.latent_stats) if attributes else None
+    deltas = tuple(_load_delta_option(text) for text in args.delta)
+    return IdentityEdits(deltas=deltas, attributes=attributes, classifier=classifier, norm=args.edit_norm)
+
+
+def _load_delta_option(text: str) -> Tuple[Tensor, float]:
+    from dva_model.edit.clip_edit import DEFAULT_SCALE, load_delta
+
+    path, sep, scale = text.rpartition(":")
+    if not sep:
+        return load_delta(Path(text)).delta, DEFAULT_SCALE
+    try:
+        return load_delta(Path(path)).delta, float(scale)
+    except ValueError:
+        if Path(text).is_file():  # a colon inside the file name, no scale
+            return load_delta(Path(text)).delta, DEFAULT_SCALE
+        raise UserError(f"--delta {text!r} is not FILE or FILE:SCALE (for example beard.safetensors:0.5).") from None
+
+
+def apply_identity_edits(identity: Tensor, edits: IdentityEdits) -> Tensor:
+    """The clip identity [512] after ``edits`` (unchanged when there are none)."""
+    if not edits:
+        return identity
+    from dva_model.edit.clip_edit import combine_edits
+
+    return combine_edits(identity, deltas=edits.deltas, classifier=edits.classifier, attributes=edits.attributes,
+                         norm=edits.norm)
+
+
+def model_fingerprint(path: Path) -> str:
+    """A cheap identity of a model file (name and size) recorded in latents to catch mix-ups."""
+    path = Path(path)
+    return f"{path.name}:{path.stat().st_size}"

@@ -1,0 +1,1 @@
+"""Identity edits: classifier directions, the CLIP-guided edit and training new directions."""

@@ -1,0 +1,1 @@
+"""Training a DVA: the published objective, clip data and the distributed trainer."""
