@@ -100,19 +100,20 @@ class DVACLIPLoader:
 
 
 class DVACLIPEdit:
-    """Learns an identity delta from a text edit on one reference frame and applies it to the identity."""
+    """Learns an identity delta from a text edit on one reference frame (DVA Apply Identity Delta applies it)."""
 
     CATEGORY = "DVA"
     DESCRIPTION = (
         "The published CLIP edit: optimises the reference frame's identity so that one DDIM step of its "
         "5-step trajectory moves along the CLIP direction from source_text to target_text, keeping the "
-        "identity (ArcFace) and the face region (masked L1) close. The learnt delta is applied to the "
-        "identity for every frame. 2000 iterations as published; each is one batched UNet call."
+        "identity (ArcFace) and the face region (masked L1) close. 2000 iterations as published; each is "
+        "one batched UNet call. The learnt delta goes to DVA Apply Identity Delta, whose scale and norm "
+        "can change without re-running the optimisation."
     )
-    RETURN_TYPES = (IDENTITY, DELTA)
-    RETURN_NAMES = ("identity", "delta")
-    OUTPUT_TOOLTIPS = ("The identity with the delta applied; chain attribute edits or connect to DDIM Decode.",
-                       "The learnt delta, reusable on other clips (DVA Save / Apply Identity Delta).")
+    RETURN_TYPES = (DELTA,)
+    RETURN_NAMES = ("delta",)
+    OUTPUT_TOOLTIPS = ("The learnt delta: apply it with DVA Apply Identity Delta (any clip), save it with "
+                       "DVA Save Identity Delta.",)
     FUNCTION = "execute"
     REQUIRES = REQUIRES
 
@@ -124,7 +125,6 @@ class DVACLIPEdit:
                 "model": (MODEL, {"tooltip": "The DVA model the clip was encoded with."}),
                 "clip": (CLIP, {"tooltip": "CLIP from DVA CLIP Loader."}),
                 "latent": (LATENT, {"tooltip": "The clip's encoding (the reference frame's features and x_T)."}),
-                "identity": (IDENTITY, {"tooltip": "The identity to apply the learnt delta to."}),
                 "source_text": ("STRING", {"default": "face", "tooltip": "Neutral description, e.g. 'face'."}),
                 "target_text": ("STRING", {"default": "face with beard", "tooltip": "The edit, e.g. 'face with beard'."}),
                 "reference_frame": ("INT", {"default": 0, "min": 0, "max": MAX_FRAME, "step": 1, "tooltip":
@@ -138,8 +138,6 @@ class DVACLIPEdit:
                                     "Weight of 1 - cos(edited, original identity) (README 1; the paper's beard 1)."}),
                 "l1_weight": ("FLOAT", {"default": 5.0, **weight, "tooltip":
                               "Weight of the L1 change inside the face mask (README 5)."}),
-                "scale": _scale_input(),
-                "norm": _norm_input(),
             },
             "optional": {
                 "faces": (FACES, {"tooltip": "The aligned crops the latent was encoded from: the reference is "
@@ -148,8 +146,8 @@ class DVACLIPEdit:
         }
 
     @classmethod
-    def execute(cls, model, clip, latent, identity, source_text, target_text, reference_frame, iterations,
-                learning_rate, clip_weight, identity_weight, l1_weight, scale, norm, faces=None):
+    def execute(cls, model, clip, latent, source_text, target_text, reference_frame, iterations,
+                learning_rate, clip_weight, identity_weight, l1_weight, faces=None):
         from dva_model.edit.clip_edit import ClipEditConfig, optimise_delta, reference_from_crops, reference_from_latent
 
         from .decode import check_same_model
@@ -166,8 +164,7 @@ class DVACLIPEdit:
         dva, callback = model.acquire(frames_per_call=TRAJECTORY_BATCH), progress_callback()
         reference = (reference_from_crops(dva, faces.crops, index=reference_frame) if faces is not None
                      else reference_from_latent(dva, latent, index=reference_frame, callback=callback))
-        result = optimise_delta(dva, loss, reference, config=config, callback=callback)
-        return (apply_to_identity(identity, result.delta, scale, norm), result.delta)
+        return (optimise_delta(dva, loss, reference, config=config, callback=callback).delta,)
 
 
 def apply_to_identity(identity, delta, scale: float, norm: str):

@@ -57,18 +57,19 @@ def _clip_handle(comfy_host, tmp_path):
 
 
 EDIT_SETTINGS = dict(source_text="face", target_text="face with beard", reference_frame=1, learning_rate=0.002,
-                     clip_weight=3.0, identity_weight=1.0, l1_weight=5.0, scale=0.5, norm="unit (as released)")
+                     clip_weight=3.0, identity_weight=1.0, l1_weight=5.0)
 
 
-def test_clip_edit_node_learns_a_delta_with_progress_and_applies_it(comfy_host, small_model, tmp_path):
-    from nodes.clip_edit import DVACLIPEdit
+def test_clip_edit_node_learns_a_delta_with_progress_and_the_apply_node_scales_it(comfy_host, small_model, tmp_path):
+    from nodes.clip_edit import DVAApplyIdentityDelta, DVACLIPEdit
     from nodes.types import Identity
 
     model, clip = _handle(small_model), _clip_handle(comfy_host, tmp_path)
     latent = _latent(small_model, model.model_id)
     identity = Identity(base=latent.identity)
     with torch.inference_mode():
-        edited, delta = DVACLIPEdit.execute(model, clip, latent, identity, iterations=4, **EDIT_SETTINGS)
+        (delta,) = DVACLIPEdit.execute(model, clip, latent, iterations=4, **EDIT_SETTINGS)
+        (edited,) = DVAApplyIdentityDelta.execute(identity, delta, 0.5, "unit (as released)")
     assert isinstance(delta, IdentityDelta) and delta.delta.norm() > 0 and delta.info["iterations"] == 4
     assert math.isfinite(delta.info["loss_end"])
     torch.testing.assert_close(edited.base, apply_delta(latent.identity, delta, scale=0.5, norm="unit"))
@@ -86,7 +87,7 @@ def test_clip_edit_node_cancels_within_one_iteration(comfy_host, small_model, tm
     latent = _latent(small_model, model.model_id)
     comfy_host.interrupt_after = 2 + 3  # the reference decode's 2 checks, then 3 iterations
     with pytest.raises(InterruptProcessingException), torch.inference_mode():
-        DVACLIPEdit.execute(model, clip, latent, Identity(base=latent.identity), iterations=500, **EDIT_SETTINGS)
+        DVACLIPEdit.execute(model, clip, latent, iterations=500, **EDIT_SETTINGS)
     assert comfy_host.bars[-1] == (500, [1, 2, 3])
 
 

@@ -27,7 +27,8 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 STARTUP_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 3600
 STEPS = 2  # DDIM steps: one inversion call and two decoding calls per frame batch
-EDIT_NODES = {"7", "8", "9", "10", "11"}  # attribute edit, decode, paste back, create + save video
+# attribute edit, decode, paste back, create + save video, previews of the edited crops and the paste mask
+EDIT_NODES = {"7", "8", "9", "10", "11", "13", "14"}
 
 pytestmark = pytest.mark.skipif(
     not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),

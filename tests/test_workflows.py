@@ -1,8 +1,8 @@
 """Every shipped workflow is checked against the nodes' declared inputs and outputs, and runs.
 
-- API format (workflows/api/*.json, what POST /prompt takes): class types exist, required inputs are
+- API format (example_workflows/api/*.json, what POST /prompt takes): class types exist, required inputs are
   set, links point at existing outputs of the right type, widget values are allowed.
-- UI format (workflows/*.json, drag-and-drop / template browser): its links agree with its nodes'
+- UI format (example_workflows/*.json, drag-and-drop / template browser): its links agree with its nodes'
   slots and it describes the same graph, with the same values, as its API twin.
 - The attribute-edit graph runs end to end in-process (fake ComfyUI host, core video nodes replaced
   by stand-ins) on a real clip with a tiny random checkpoint in the released file format.
@@ -19,8 +19,9 @@ import torch
 from comfy_fakes import install
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO / "workflows"
-API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
+WORKFLOWS = REPO / "example_workflows"
+API_FOLDER = WORKFLOWS / "api"
+API_WORKFLOWS = sorted(API_FOLDER.glob("*.json"))
 UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # UI-only nodes, never sent to /prompt
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -43,6 +44,16 @@ CORE_NODES = {
                                "format": ["COMBO", {"options": ["auto", "mp4"]}],
                                "codec": ["COMBO", {"options": ["auto", "h264"]}]}},
         "input_order": {"required": ["video", "filename_prefix", "format", "codec"]},
+        "output": [], "output_name": [], "output_node": True,
+    },
+    "PreviewImage": {
+        "input": {"required": {"images": ["IMAGE", {}]}},
+        "input_order": {"required": ["images"]},
+        "output": [], "output_name": [], "output_node": True,
+    },
+    "MaskPreview": {
+        "input": {"required": {"mask": ["MASK", {}]}},
+        "input_order": {"required": ["mask"]},
         "output": [], "output_name": [], "output_node": True,
     },
 }
@@ -162,14 +173,14 @@ def ui_to_api(workflow: dict, info: dict) -> dict:
         spec = info[node["type"]]
         inputs, values = {}, list(node.get("widgets_values", []))
         slots = {entry["name"]: (index, entry) for index, entry in enumerate(node.get("inputs", []))}
+        uploads = 0
         for section in ("required", "optional"):
             for name in spec["input_order"].get(section, []):
                 declared = spec["input"][section][name]
                 if _kind(declared) in WIDGET_TYPES:
                     assert values, f"UI node {node['id']} ({node['type']}) has too few widget values"
                     inputs[name] = values.pop(0)
-                    if any(_options(declared).get(flag) for flag in UPLOAD_FLAGS):
-                        values.pop(0)  # the upload button's own widget value
+                    uploads += any(_options(declared).get(flag) for flag in UPLOAD_FLAGS)
                 if name in slots and slots[name][1].get("link") is not None:
                     index, entry = slots[name]
                     link_id, source, source_slot, target, target_slot, kind = links[entry["link"]]
@@ -177,7 +188,8 @@ def ui_to_api(workflow: dict, info: dict) -> dict:
                     assert link_id in (by_id[source]["outputs"][source_slot]["links"] or []), f"link {link_id} not on its output"
                     assert kind == by_id[source]["outputs"][source_slot]["type"] == spec_output(info, by_id[source], source_slot)
                     inputs[name] = [str(source), source_slot]
-        assert not values, f"UI node {node['id']} ({node['type']}) has extra widget values {values}"
+        # The frontend adds an upload button after all the node's inputs and stores its value last.
+        assert values == ["image"] * uploads, f"UI node {node['id']} ({node['type']}) has extra widget values {values}"
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
@@ -255,11 +267,22 @@ class _SaveVideo:
         return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}]}}
 
 
+class _Preview:
+    """Stand-in for core PreviewImage / MaskPreview: reports what it was shown."""
+
+    FUNCTION = "execute"
+
+    @classmethod
+    def execute(cls, images=None, mask=None):
+        return {"ui": {"shown": [images if mask is None else mask]}}
+
+
 def run_in_process(prompt: dict) -> dict:
     """Execute an API-format workflow the way ComfyUI does, node by node; returns every node's outputs."""
     import nodes
 
-    classes = {**nodes.NODE_CLASS_MAPPINGS, "CreateVideo": _CreateVideo, "SaveVideo": _SaveVideo}
+    classes = {**nodes.NODE_CLASS_MAPPINGS, "CreateVideo": _CreateVideo, "SaveVideo": _SaveVideo,
+               "PreviewImage": _Preview, "MaskPreview": _Preview}
     results = {}
     for node_id in topological_order(prompt):
         node = prompt[node_id]
@@ -313,6 +336,8 @@ def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_ch
     latent = results["4"][0]
     assert latent.x_T.shape == (2, 3, 256, 256) and latent.steps == 2
     assert not torch.equal(results["7"][0].edited(), latent.identity), "scale 0.5 must change the identity"
+    (shown,) = results["14"][-1]["shown"]
+    assert torch.equal(shown, mask), "the mask preview shows Paste Back's mask"
     (saved,) = results["11"][-1]["images"]
     written = probe(comfy_host.output / saved["subfolder"] / saved["filename"])
     assert (written.frame_count, written.width, written.height) == (2, 640, 360)

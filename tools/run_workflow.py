@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run an API-format workflow on a running ComfyUI server through its HTTP API (standard library only).
 
-    python tools/run_workflow.py workflows/attribute_edit.api.json --video clip.mp4 \
+    python tools/run_workflow.py example_workflows/api/attribute_edit.json --video clip.mp4 \
         --set scale=0.4 --set checkpoint=dva.safetensors --out edited.mp4
 
 Steps: upload the video (POST /upload/image, which stores any file in ComfyUI's input folder), put
