@@ -237,11 +237,12 @@ def cached_nodes(history: Dict[str, Any]) -> List[str]:
 
 
 def output_files(history: Dict[str, Any]) -> List[Dict[str, str]]:
-    """Every file the output nodes reported ({filename, subfolder, type})."""
+    """Every file the output nodes saved ({filename, subfolder, type}); previews (type "temp") are left out."""
     files = []
     for node_output in history.get("outputs", {}).values():
         for key in OUTPUT_KEYS:
-            files += [item for item in node_output.get(key, []) if isinstance(item, dict) and "filename" in item]
+            files += [item for item in node_output.get(key, [])
+                      if isinstance(item, dict) and "filename" in item and item.get("type", "output") == "output"]
     return files
 
 
