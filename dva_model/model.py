@@ -170,10 +170,18 @@ class DVAModel(nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
-    def parse(self, crops: Tensor, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
-        """BiSeNet face parsing: crops [N, 3, H, W] in [-1, 1] -> labels [N, H, W] int64 in 0..18."""
+    def parse(self, crops: Tensor, *, batch_size: int = DEFAULT_BATCH_SIZE,
+              callback: Optional[ProgressCallback] = None) -> Tensor:
+        """BiSeNet face parsing: crops [N, 3, H, W] in [-1, 1] -> labels [N, H, W] int64 in 0..18.
+
+        ``callback(done, total)`` after every batch (it may raise to cancel).
+        """
         _check_crops(crops)
-        return torch.cat([self.encoder.parse(self._encoder_input(crops[c])) for c in _batches(len(crops), batch_size)])
+        chunks, labels = list(_batches(len(crops), batch_size)), []
+        for index, chunk in enumerate(chunks):
+            labels.append(self.encoder.parse(self._encoder_input(crops[chunk])))
+            report(callback, index + 1, len(chunks))
+        return torch.cat(labels)
 
 
 def mean_identity(z_id: Tensor) -> Tensor:

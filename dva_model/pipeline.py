@@ -289,10 +289,21 @@ def reconstruct_crops(
 
 
 def paste_masks(model, source: torch.Tensor, edited: torch.Tensor, frame_numbers: Sequence[int], *,
-                config: EditConfig) -> torch.Tensor:
-    """Paste masks [M, 1, S, S] from BiSeNet parsing of the source (and edited) crops."""
-    source_labels = model.parse(source, batch_size=config.batch_size).cpu()
-    edited_labels = model.parse(edited, batch_size=config.batch_size).cpu() if config.paste.union_edited else None
+                config: EditConfig, callback: Optional[ProgressCallback] = None) -> torch.Tensor:
+    """Paste masks [M, 1, S, S] from BiSeNet parsing of the source (and edited) crops.
+
+    ``callback(done, total)`` after every parsing batch, over both parsing passes.
+    """
+    passes = 2 if config.paste.union_edited else 1  # both passes have the same number of batches
+
+    def first(done: int, total: int) -> None:
+        report(callback, done, passes * total)
+
+    def second(done: int, total: int) -> None:
+        report(callback, total + done, passes * total)
+
+    source_labels = model.parse(source, batch_size=config.batch_size, callback=first).cpu()
+    edited_labels = model.parse(edited, batch_size=config.batch_size, callback=second).cpu() if passes == 2 else None
     return build_masks(source_labels, edited_labels, config=config.paste, frame_numbers=frame_numbers)
 
 

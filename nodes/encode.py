@@ -2,8 +2,10 @@
 
 import os
 
+from comfy_api.v0_0_2 import io
+
 from ._host import file_fingerprint, input_path, output_path, progress_callback, require_all
-from .types import FACES, LATENT, MODEL
+from .types import CATEGORY_ENCODE, Faces, Latent, Model
 
 LATENT_SUFFIX = ".safetensors"
 OUTPUT_TAG = " [output]"  # ComfyUI's annotation for a file in the output folder
@@ -12,35 +14,37 @@ MAX_FRAMES_PER_CALL = 256
 REQUIRES = (("safetensors", "safetensors"),)
 
 
-class DVAEncode:
+def frames_per_call_input():
+    return io.Int.Input("frames_per_call", default=0, min=0, max=MAX_FRAMES_PER_CALL, step=1, tooltip=
+                        "Frames per UNet call; 0 sizes the batch from free GPU memory (8 on the CPU).")
+
+
+class DVAEncode(io.ComfyNode):
     """Per-frame identity and landmarks, then DDIM inversion of every crop with the clip's mean identity."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = (
-        "Encodes the aligned crops: z_id (ArcFace) and z_lnd (landmarks) per frame, the clip identity "
-        "(their mean), and x_T by deterministic DDIM inversion conditioned on it. This is the expensive "
-        "step; ComfyUI keeps its result while only edit settings change, and DVA Save Latent stores it."
-    )
-    RETURN_TYPES = (LATENT,)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The clip's encoding: per-frame z_id, z_lnd and x_T, the identity and the step count.",)
-    FUNCTION = "execute"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVAEncode", display_name="DVA Encode", category=CATEGORY_ENCODE,
+            description=(
+                "Encodes the aligned crops: z_id (ArcFace) and z_lnd (landmarks) per frame, the clip identity "
+                "(their mean), and x_T by deterministic DDIM inversion conditioned on it. This is the expensive "
+                "step; ComfyUI keeps its result while only edit settings change, and DVA Save Latent stores it."),
+            inputs=[
+                Model.Input("model", tooltip="The DVA model from DVA Model Loader."),
+                Faces.Input("faces", tooltip="Aligned crops from DVA Face Align."),
+                io.Int.Input("steps", default=100, min=2, max=MAX_STEPS, step=1, tooltip=
+                             "DDIM steps S of inversion and decoding (the release uses 1000; 100 is close and 10x "
+                             "faster). Valid: the reference's respacings, e.g. 10, 20, 50, 100, 200, 1000."),
+                frames_per_call_input(),
+            ],
+            outputs=[Latent.Output(display_name="latent", tooltip=
+                                   "The clip's encoding: per-frame z_id, z_lnd and x_T, the identity and the step count.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL, {"tooltip": "The DVA model from DVA Model Loader."}),
-            "faces": (FACES, {"tooltip": "Aligned crops from DVA Face Align."}),
-            "steps": ("INT", {"default": 100, "min": 2, "max": MAX_STEPS, "step": 1, "tooltip":
-                      "DDIM steps S of inversion and decoding (the release uses 1000; 100 is close and 10x "
-                      "faster). Valid: the reference's respacings, e.g. 10, 20, 50, 100, 200, 1000."}),
-            "frames_per_call": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES_PER_CALL, "step": 1, "tooltip":
-                                "Frames per UNet call; 0 sizes the batch from free GPU memory (8 on the CPU)."}),
-        }}
-
-    @classmethod
-    def execute(cls, model, faces, steps, frames_per_call):
-        from dva_model.formats.latent_io import Latent
+    def execute(cls, model, faces, steps, frames_per_call) -> io.NodeOutput:
+        from dva_model.formats.latent_io import Latent as EncodedClip
         from dva_model.model import mean_identity
 
         batch, callback = model.frames_per_call(frames_per_call), progress_callback()
@@ -52,64 +56,62 @@ class DVAEncode:
         identity = mean_identity(z_id)
         x_T = dva.invert(faces.crops, identity, z_lnd, steps=steps, batch_size=batch, callback=callback)
         names = tuple(f"frame_{faces.indices[row]:06d}" for row in faces.face_rows)
-        return (Latent(z_id=z_id.cpu(), z_lnd=z_lnd.cpu(), x_T=x_T.cpu(), identity=identity.cpu(), steps=steps,
-                       model_id=model.model_id, frame_names=names),)
+        return io.NodeOutput(EncodedClip(z_id=z_id.cpu(), z_lnd=z_lnd.cpu(), x_T=x_T.cpu(), identity=identity.cpu(),
+                                         steps=steps, model_id=model.model_id, frame_names=names))
 
 
-class DVASaveLatent:
+class DVASaveLatent(io.ComfyNode):
     """Writes an encoding to ComfyUI's output folder (safetensors) so a clip can be re-edited later."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Saves an encoding (z_id, z_lnd, x_T, identity, steps, model) as .safetensors in the "
-                   "output folder; DVA Load Latent reads it back and skips the inversion.")
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "latent": (LATENT, {"tooltip": "The encoding to save."}),
-            "filename_prefix": ("STRING", {"default": "dva/latent", "tooltip":
-                                "File name prefix inside the output folder (may contain sub-folders)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVASaveLatent", display_name="DVA Save Latent", category=CATEGORY_ENCODE,
+            description=("Saves an encoding (z_id, z_lnd, x_T, identity, steps, model) as .safetensors in the "
+                         "output folder; DVA Load Latent reads it back and skips the inversion."),
+            inputs=[
+                Latent.Input("latent", tooltip="The encoding to save."),
+                io.String.Input("filename_prefix", default="dva/latent", tooltip=
+                                "File name prefix inside the output folder (may contain sub-folders)."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
 
     @classmethod
-    def execute(cls, latent, filename_prefix):
+    def execute(cls, latent, filename_prefix) -> io.NodeOutput:
         require_all("DVA Save Latent", REQUIRES)
         from dva_model.formats.latent_io import save_latent
 
         path, name, subfolder = output_path(filename_prefix, LATENT_SUFFIX)
         save_latent(path, latent)
-        return {"ui": {"files": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
+        return io.NodeOutput(ui={"files": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
 
 
-class DVALoadLatent:
+class DVALoadLatent(io.ComfyNode):
     """Reads an encoding saved by DVA Save Latent (or `python -m dva_model encode`)."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Loads an encoding (.safetensors) from the input folder, or from the output folder "
-                   "(entries marked [output]), so a clip can be edited again without inverting it.")
-    RETURN_TYPES = (LATENT,)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The saved encoding.",)
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "latent_file": (latent_files(), {"tooltip":
-                            "An encoding file: from the input folder, or from the output folder ([output])."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVALoadLatent", display_name="DVA Load Latent", category=CATEGORY_ENCODE,
+            description=("Loads an encoding (.safetensors) from the input folder, or from the output folder "
+                         "(entries marked [output]), so a clip can be edited again without inverting it."),
+            inputs=[io.Combo.Input("latent_file", options=latent_files(), tooltip=
+                                   "An encoding file: from the input folder, or from the output folder ([output]).")],
+            outputs=[Latent.Output(display_name="latent", tooltip="The saved encoding.")],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, latent_file):
+    def fingerprint_inputs(cls, latent_file):
         return file_fingerprint(latent_file)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, latent_file):
+    def validate_inputs(cls, latent_file):
         try:
             input_path(latent_file)
         except FileNotFoundError as error:
@@ -117,11 +119,11 @@ class DVALoadLatent:
         return True
 
     @classmethod
-    def execute(cls, latent_file):
+    def execute(cls, latent_file) -> io.NodeOutput:
         require_all("DVA Load Latent", REQUIRES)
         from dva_model.formats.latent_io import load_latent
 
-        return (load_latent(input_path(latent_file)),)
+        return io.NodeOutput(load_latent(input_path(latent_file)))
 
 
 def latent_files() -> list:

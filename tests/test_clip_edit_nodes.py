@@ -9,7 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("open_clip")
 
 from test_clip_edit import tiny_clip  # noqa: E402
-from comfy_fakes import InterruptProcessingException, install, model_handle as _handle  # noqa: E402
+from comfy_fakes import InterruptProcessingException, combo_options, install, model_handle as _handle  # noqa: E402
 
 from dva_model.edit.classifier import AttributeClassifier, edit_identity  # noqa: E402
 from dva_model.edit.clip_edit import IdentityDelta, apply_delta  # noqa: E402
@@ -48,7 +48,7 @@ def _clip_handle(comfy_host, tmp_path):
     weights = tmp_path / "tiny_clip.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_clip(seed=4).state_dict().items()}, str(weights))
     name = install(weights, comfy_host.models / "dva", "clip/tiny_clip.safetensors")
-    assert name in DVACLIPLoader.INPUT_TYPES()["required"]["weights"][0]
+    assert name in combo_options(DVACLIPLoader, "weights")
     with torch.inference_mode():  # as ComfyUI runs every node
         (handle,) = DVACLIPLoader.execute(name, "cpu")
         (again,) = DVACLIPLoader.execute(name, "cpu")
@@ -99,10 +99,10 @@ def test_delta_nodes_save_load_and_apply_before_attribute_edits(comfy_host):
     delta = IdentityDelta(delta=0.2 * torch.randn(ID_DIM, generator=generator), source_text="face",
                           target_text="face with glasses", info={"loss_start": 2.5, "loss_end": 1.25})
     saved = DVASaveIdentityDelta.execute(delta, "dva/clip_delta")
-    (entry,) = saved["ui"]["files"]
-    assert saved["ui"]["text"] == ["'face' -> 'face with glasses': loss 2.5000 -> 1.2500"]
+    (entry,) = saved.ui["files"]
+    assert saved.ui["text"] == ["'face' -> 'face with glasses': loss 2.5000 -> 1.2500"]
     listed = f"{entry['subfolder']}/{entry['filename']} [output]"
-    assert listed in DVALoadIdentityDelta.INPUT_TYPES()["required"]["delta_file"][0]
+    assert listed in combo_options(DVALoadIdentityDelta, "delta_file")
     (loaded,) = DVALoadIdentityDelta.execute(listed)
     assert torch.equal(loaded.delta, delta.delta) and loaded.target_text == "face with glasses"
 

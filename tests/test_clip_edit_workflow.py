@@ -29,7 +29,7 @@ def clip_nodes(comfy_host, monkeypatch):
     from nodes import clip_edit
 
     for name in CLIP_NODES:
-        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, name, getattr(clip_edit, name))
+        monkeypatch.setitem(nodes.NODES_BY_ID, name, getattr(clip_edit, name))
     return comfy_host
 
 
@@ -70,8 +70,8 @@ def test_clip_edit_graph_runs_end_to_end_and_lowers_its_loss(clip_nodes, tiny_ch
     latent = results["4"][0]
     (delta,) = results["7"]
     (identity,) = results["9"]
-    (saved,) = results["8"][-1]["files"]
-    (summary,) = results["8"][-1]["text"]
+    (saved,) = results["8"].ui["files"]
+    (summary,) = results["8"].ui["text"]
     stored = load_delta(clip_nodes.output / saved["subfolder"] / saved["filename"])
     assert torch.equal(stored.delta, delta.delta) and stored.target_text == "face with beard"
     start, end = stored.info["loss_start"], stored.info["loss_end"]
@@ -79,6 +79,6 @@ def test_clip_edit_graph_runs_end_to_end_and_lowers_its_loss(clip_nodes, tiny_ch
     assert summary.endswith(f"loss {start:.4f} -> {end:.4f}")
     torch.testing.assert_close(identity.edited(), apply_delta(latent.identity, delta, scale=0.5))
     assert results["10"][0].shape == (2, 256, 256, 3)
-    (video,) = results["13"][-1]["images"]
+    (video,) = results["13"].ui["images"]
     written = probe(clip_nodes.output / video["subfolder"] / video["filename"])
     assert (written.frame_count, written.width, written.height) == (2, 640, 360)
