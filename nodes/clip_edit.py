@@ -77,7 +77,7 @@ class DVACLIPLoader(io.ComfyNode):
             description=("Loads the CLIP model of the published text-driven edit: OpenAI's ViT-B/16 from the "
                          "local CLIP cache, or a ViT-B-16.pt / open_clip .safetensors file from ComfyUI/models/dva."),
             inputs=[
-                io.Combo.Input("weights", options=[CACHED_WEIGHTS] + model_files(*CLIP_SUFFIXES), default=CACHED_WEIGHTS,
+                io.Combo.Input("weights", options=[CACHED_WEIGHTS] + model_files(*CLIP_SUFFIXES, kind="clip"), default=CACHED_WEIGHTS,
                                tooltip="OpenAI's ViT-B-16.pt (as cached by the clip / open_clip packages), or such "
                                        "a file placed in models/dva."),
                 io.Combo.Input("device", options=list(DEVICES), default="auto",

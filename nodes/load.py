@@ -23,7 +23,7 @@ class DVAModelLoader(io.ComfyNode):
                 "the released epoch=51-step=1000000.ckpt or a converted .safetensors. The model stays resident "
                 "across nodes and queued runs; ComfyUI may offload it when another model needs the memory."),
             inputs=[
-                io.Combo.Input("checkpoint", options=model_files(*CHECKPOINT_SUFFIXES), tooltip=
+                io.Combo.Input("checkpoint", options=model_files(*CHECKPOINT_SUFFIXES, kind="dva"), tooltip=
                                "DVA checkpoint in ComfyUI/models/dva (released .ckpt or converted .safetensors)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=
                                "UNet weight precision; 'auto' picks bf16/fp16 on a GPU that runs them fast, fp32 on "
@@ -54,9 +54,9 @@ class DVAClassifierLoader(io.ComfyNode):
                 "diffusion_video_autoencoder_cls/last.ckpt, or a direction file made by train-direction) "
                 "from ComfyUI/models/dva."),
             inputs=[
-                io.Combo.Input("classifier", options=model_files(*CLASSIFIER_SUFFIXES), tooltip=
+                io.Combo.Input("classifier", options=model_files(*CLASSIFIER_SUFFIXES, kind="classifier"), tooltip=
                                "Classifier checkpoint (released last.ckpt) or direction .safetensors in models/dva."),
-                io.Combo.Input("latent_stats", options=[NO_STATS] + model_files(*STATS_SUFFIXES), default=NO_STATS,
+                io.Combo.Input("latent_stats", options=[NO_STATS] + model_files(*STATS_SUFFIXES, kind="latent_stats"), default=NO_STATS,
                                tooltip="The release's latent.pkl (identity mean/std); only needed when the classifier "
                                        "file lacks its own statistics (the released last.ckpt has them)."),
             ],

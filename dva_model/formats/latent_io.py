@@ -19,11 +19,10 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from dva_model.constants import ID_DIM, LANDMARK_DIM
+from dva_model.constants import ID_DIM, LANDMARK_DIM, LATENT_FORMAT
 from dva_model.errors import UserError
 from dva_model.formats.files import read_safetensors, write_safetensors
 
-LATENT_FORMAT = "dva-latent/1"
 
 
 @dataclass(frozen=True, kw_only=True)
