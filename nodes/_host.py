@@ -100,13 +100,14 @@ def model_files(*suffixes: str, kind: Optional[str] = None) -> list:
     names = sorted(n for n in folder_paths.get_filename_list(MODEL_FOLDER) if not suffixes or n.lower().endswith(suffixes))
     if kind is None:
         return names
-    return [n for n in names if _file_kind(folder_paths.get_full_path(MODEL_FOLDER, n)) in (kind, "unknown")]
+    return [n for n in names if file_kind(folder_paths.get_full_path(MODEL_FOLDER, n)) in (kind, "unknown")]
 
 
 _kinds: dict = {}  # (path, size, mtime) -> kind: each file is peeked at once, not on every /object_info
 
 
-def _file_kind(path: Optional[str]) -> str:
+def file_kind(path: Optional[str]) -> str:
+    """``dva_model.formats.sniff.model_kind`` of ``path``, remembered per (path, size, mtime)."""
     from dva_model.formats.sniff import model_kind
 
     if path is None:

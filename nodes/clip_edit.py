@@ -15,7 +15,7 @@ from comfy_api.v0_0_2 import io
 from ._host import DEVICES, ModelHandle, input_path, model_files, model_path, output_path, progress_callback
 from ._host import require_all, resolve_device
 from .edit import NORMS, norm_input
-from .encode import latent_files
+from .encode import saved_files
 from .types import CATEGORY_EDIT, CATEGORY_MODEL, Clip, Delta, Faces, IdentityType, Latent, Model
 
 CACHED_WEIGHTS = "OpenAI ViT-B/16 from the local CLIP cache"
@@ -234,8 +234,8 @@ class DVALoadIdentityDelta(io.ComfyNode):
             node_id="DVALoadIdentityDelta", display_name="DVA Load Identity Delta", category=CATEGORY_EDIT,
             description=("Loads an identity delta (.safetensors) from the input folder, or from the output folder "
                          "(entries marked [output])."),
-            inputs=[io.Combo.Input("delta_file", options=latent_files(), tooltip=  # every .safetensors there
-                                   "An identity delta file: from the input folder, or from the output folder ([output]).")],
+            inputs=[io.Combo.Input("delta_file", options=saved_files("delta"), tooltip=
+                                   "An identity delta file: from the input folder, or saved under output/dva/ ([output]).")],
             outputs=[Delta.Output(display_name="delta", tooltip="The saved delta; connect to DVA Apply Identity Delta.")],
         )
 

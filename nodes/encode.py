@@ -9,6 +9,7 @@ from .types import CATEGORY_ENCODE, Faces, Latent, Model
 
 LATENT_SUFFIX = ".safetensors"
 OUTPUT_TAG = " [output]"  # ComfyUI's annotation for a file in the output folder
+SAVE_FOLDER = "dva"  # output sub-folder the save nodes write to by default (listed by the load nodes)
 MAX_STEPS = 1000
 MAX_FRAMES_PER_CALL = 256
 REQUIRES = (("safetensors", "safetensors"),)
@@ -45,16 +46,20 @@ class DVAEncode(io.ComfyNode):
     @classmethod
     def execute(cls, model, faces, steps, frames_per_call) -> io.NodeOutput:
         from dva_model.formats.latent_io import Latent as EncodedClip
-        from dva_model.model import mean_identity
+        from dva_model.model import inversion_calls, mean_identity
 
-        batch, callback = model.frames_per_call(frames_per_call), progress_callback()
+        batch, bar = model.frames_per_call(frames_per_call), progress_callback()
         dva = model.acquire(frames_per_call=batch)
         if faces.config.size != dva.image_size:
             raise ValueError(f"The model works on {dva.image_size}px crops but DVA Face Align made "
                              f"{faces.config.size}px ones; set its crop_size to {dva.image_size}.")
-        z_id, z_lnd = dva.encode_features(faces.crops, batch_size=batch, callback=callback)
+        # One bar for the whole node: the feature batches, then every UNet call of the inversion.
+        chunks = -(-len(faces.crops) // batch)  # feature batches (encode_features reports one per batch)
+        total = chunks + inversion_calls(steps, len(faces.crops), batch)
+        z_id, z_lnd = dva.encode_features(faces.crops, batch_size=batch, callback=lambda done, _: bar(done, total))
         identity = mean_identity(z_id)
-        x_T = dva.invert(faces.crops, identity, z_lnd, steps=steps, batch_size=batch, callback=callback)
+        x_T = dva.invert(faces.crops, identity, z_lnd, steps=steps, batch_size=batch,
+                         callback=lambda done, _: bar(chunks + done, total))
         names = tuple(f"frame_{faces.indices[row]:06d}" for row in faces.face_rows)
         return io.NodeOutput(EncodedClip(z_id=z_id.cpu(), z_lnd=z_lnd.cpu(), x_T=x_T.cpu(), identity=identity.cpu(),
                                          steps=steps, model_id=model.model_id, frame_names=names))
@@ -101,8 +106,8 @@ class DVALoadLatent(io.ComfyNode):
             node_id="DVALoadLatent", display_name="DVA Load Latent", category=CATEGORY_ENCODE,
             description=("Loads an encoding (.safetensors) from the input folder, or from the output folder "
                          "(entries marked [output]), so a clip can be edited again without inverting it."),
-            inputs=[io.Combo.Input("latent_file", options=latent_files(), tooltip=
-                                   "An encoding file: from the input folder, or from the output folder ([output]).")],
+            inputs=[io.Combo.Input("latent_file", options=saved_files("latent"), tooltip=
+                                   "An encoding file: from the input folder, or saved under output/dva/ ([output]).")],
             outputs=[Latent.Output(display_name="latent", tooltip="The saved encoding.")],
         )
 
@@ -126,17 +131,21 @@ class DVALoadLatent(io.ComfyNode):
         return io.NodeOutput(load_latent(input_path(latent_file)))
 
 
-def latent_files() -> list:
-    """Encodings in the input folder, then those under the output folder (annotated ``[output]``)."""
+def saved_files(kind: str) -> list:
+    """The .safetensors files of ``kind`` ("latent" or "delta") users can pick: the input folder's, then
+    those under the output folder's ``dva/`` (where the save nodes' default prefixes write; annotated
+    ``[output]``). Only that sub-folder is walked, not the whole output folder, and each file's kind is
+    peeked at once (``_host.file_kind``), so listing stays cheap on every /object_info."""
     import folder_paths
 
-    from ._host import input_files
+    from ._host import file_kind, input_files
 
-    names = input_files(LATENT_SUFFIX)
-    root = folder_paths.get_output_directory()
-    for folder, _, files in os.walk(root):
+    names = [n for n in input_files(LATENT_SUFFIX)
+             if file_kind(os.path.join(folder_paths.get_input_directory(), n)) in (kind, "unknown")]
+    output = folder_paths.get_output_directory()
+    for folder, _, files in sorted(os.walk(os.path.join(output, SAVE_FOLDER))):
         for name in sorted(files):
-            if name.endswith(LATENT_SUFFIX):
-                relative = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-                names.append(relative + OUTPUT_TAG)
+            path = os.path.join(folder, name)
+            if name.endswith(LATENT_SUFFIX) and file_kind(path) in (kind, "unknown"):
+                names.append(os.path.relpath(path, output).replace(os.sep, "/") + OUTPUT_TAG)
     return names

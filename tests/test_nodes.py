@@ -109,6 +109,36 @@ def test_loader_caches_one_model_per_file_precision_and_device(comfy_host, tiny_
     assert comfy_host.loads[-1]["models"] == [first.patcher] and comfy_host.loads[-1]["force_full_load"]
 
 
+def test_loader_dropdowns_list_only_files_of_their_kind(comfy_host, tiny_checkpoint, tiny_safetensors):
+    from test_workflows import _release_classifier
+
+    dva = comfy_host.models / "dva"
+    install(tiny_checkpoint, dva, "release/epoch=51-step=1000000.ckpt")
+    install(tiny_safetensors, dva, "dva.safetensors")
+    _release_classifier(dva / "release_cls" / "last.ckpt")
+    (dva / "latent.pkl").write_bytes(b"statistics")
+    nodes = pack_nodes()
+    assert combo_options(nodes["DVAModelLoader"], "checkpoint") == ["dva.safetensors", "release/epoch=51-step=1000000.ckpt"]
+    assert combo_options(nodes["DVAClassifierLoader"], "classifier") == ["release_cls/last.ckpt"]
+    assert combo_options(nodes["DVAClassifierLoader"], "latent_stats") == ["none", "latent.pkl"]
+
+
+def test_load_nodes_list_saved_files_of_their_kind_under_output_dva_only(comfy_host):
+    from dva_model.edit.clip_edit import IdentityDelta, save_delta
+    from dva_model.formats.latent_io import Latent, save_latent
+
+    z_id = torch.nn.functional.normalize(torch.randn(1, 512), dim=1)
+    latent = Latent(z_id=z_id, z_lnd=torch.rand(1, 102), x_T=torch.randn(1, 3, 8, 8), identity=z_id[0].clone(), steps=2,
+                    model_id="m", frame_names=("frame_000000",))
+    save_latent(comfy_host.output / "dva" / "latent_00001_.safetensors", latent)
+    save_latent(comfy_host.output / "elsewhere" / "latent_00002_.safetensors", latent)  # not walked
+    save_delta(comfy_host.output / "dva" / "clip_delta_00001_.safetensors",
+               IdentityDelta(delta=torch.zeros(512), source_text="a", target_text="b", info={}))
+    nodes = pack_nodes()
+    assert combo_options(nodes["DVALoadLatent"], "latent_file") == ["dva/latent_00001_.safetensors [output]"]
+    assert combo_options(nodes["DVALoadIdentityDelta"], "delta_file") == ["dva/clip_delta_00001_.safetensors [output]"]
+
+
 def test_missing_model_file_is_one_sentence_naming_the_folder(comfy_host):
     with pytest.raises(FileNotFoundError, match=r"not in ComfyUI's models/dva folder .*put it there"):
         pack_nodes()["DVAModelLoader"].execute("absent.safetensors", "auto", "auto")
@@ -163,6 +193,24 @@ def test_decode_moves_the_progress_bar_on_every_unet_call_and_cancels_within_one
         assert len(calls) == 1, "decoding must stop right after the UNet call during which Cancel came"
     finally:
         hook.remove()
+
+
+def test_encode_moves_one_progress_bar_on_every_feature_batch_and_unet_call(comfy_host, tiny_model):
+    import numpy as np
+
+    model, steps, count = _handle(tiny_model), 2, 2
+    faces = types.SimpleNamespace(crops=torch.rand(count, 3, 256, 256) * 2 - 1, config=types.SimpleNamespace(size=256),
+                                  indices=range(count), face_rows=np.arange(count))
+    calls = []
+    hook = tiny_model.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.inference_mode():
+            (latent,) = pack_nodes()["DVAEncode"].execute(model, faces, steps, 1)
+    finally:
+        hook.remove()
+    assert latent.x_T.shape == (count, 3, 256, 256)
+    (total, values), = [bar for bar in comfy_host.bars if bar[1]]
+    assert values == list(range(1, total + 1)) and total == count + len(calls), "one step per batch and per UNet call"
 
 
 def test_decode_refuses_an_encoding_of_another_model(comfy_host, small_model):
@@ -303,6 +351,51 @@ def test_paste_back_refuses_frames_that_do_not_match_the_alignment(comfy_host):
     with pytest.raises(ValueError, match=r"Expected 1 crops \(one per frame with a face\), got 2"):
         _check_sizes(torch.zeros(2, 6, 8, 3), faces, torch.zeros(2, 3, 4, 4))
     _check_sizes(torch.zeros(2, 6, 8, 3), faces, torch.zeros(1, 3, 4, 4))
+
+
+def test_paste_back_takes_a_mask_crops_of_another_size_and_returns_a_video(comfy_host):
+    import numpy as np
+
+    from dva_model.face.align import quads_from_axes
+
+    size, count = 16, 2
+    quads = quads_from_axes(np.array([[24.0, 16.0]] * count), np.array([[6.0, 0.0]] * count),
+                            np.array([[0.0, 6.0]] * count))  # a 12 px square around (24, 16)
+    faces = types.SimpleNamespace(has_face=np.array([True, True]), face_rows=np.array([0, 1]), indices=range(count),
+                                  quads=quads, crops=torch.zeros(count, 3, size, size), info=types.SimpleNamespace(
+                                      width=48, height=32), config=types.SimpleNamespace(size=size))
+    frames = torch.zeros(count, 32, 48, 3)
+    crops = torch.ones(count, 24, 24, 3)  # white, and larger than the alignment's 16 px
+    model = types.SimpleNamespace(device=torch.device("cpu"))  # the face parser is not used with a mask
+    node = pack_nodes()["DVAPasteBack"]
+    audio = {"waveform": torch.zeros(1, 2, 100), "sample_rate": 1000}
+    with torch.inference_mode():
+        out, alpha, video = node.execute(frames, faces, crops, model, "release", False, 0, 0.0, 0.0, "frame",
+                                         fps=25.0, mask=torch.ones(1, 8, 8), audio=audio)
+    assert out.shape == frames.shape and alpha.shape == (count, 32, 48)
+    assert out[:, 16, 24].min() > 0.99 and alpha[:, 16, 24].min() > 0.99, "the white crop is pasted in the square"
+    assert torch.equal(out[:, :, :10], frames[:, :, :10]) and float(alpha[:, :, :10].max()) == 0
+    components = video.get_components()
+    assert components.images is out and components.frame_rate == 25 and components.audio is audio
+    assert comfy_host.bars[-1] == (count, [count]), "one composite chunk, reported"
+    with pytest.raises(ValueError, match=r"one MASK per edited crop \(2\) or a single one, got shape \(3, 8, 8\)"):
+        node.execute(frames, faces, crops, model, "release", False, 0, 0.0, 0.0, "frame", mask=torch.ones(3, 8, 8))
+
+
+def test_face_parsing_reports_progress_per_batch_and_cancels(comfy_host, tiny_model):
+    from dva_model.face.paste import PasteConfig
+    from dva_model.pipeline import EditConfig, paste_masks
+    from nodes._host import progress_callback
+
+    crops = torch.rand(3, 3, 256, 256) * 2 - 1
+    config = EditConfig(batch_size=1, paste=PasteConfig.from_preset("release", union_edited=True))
+    masks = paste_masks(tiny_model, crops, crops, [0, 1, 2], config=config, callback=progress_callback())
+    assert masks.shape == (3, 1, 256, 256)
+    assert comfy_host.bars[-1] == (6, [1, 2, 3, 4, 5, 6]), "both parsing passes, one step per batch"
+    comfy_host.interrupt_after = comfy_host.checks + 2
+    with pytest.raises(InterruptProcessingException):
+        paste_masks(tiny_model, crops, crops, [0, 1, 2], config=config, callback=progress_callback())
+    assert comfy_host.bars[-1][1][-1] == 2, "parsing stopped at the Cancel"
 
 
 def test_image_layout_conversion_round_trips(comfy_host):
