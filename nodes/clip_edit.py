@@ -38,14 +38,20 @@ def _scale_input():
                           "0.5; negative values push the other way).")
 
 
-def load_clip_handle(weights: str, device: torch.device) -> ModelHandle:
-    """The process-wide CLIP directional loss for (weights, device): one resident copy, as for DVA models."""
-    from dva_model.edit.clip_loss import clip_loss_for, find_cached_clip_weights, load_clip
+def load_clip_handle(weights: str, device: torch.device, *, download: bool = False) -> ModelHandle:
+    """The process-wide CLIP directional loss for (weights, device): one resident copy, as for DVA models.
+
+    download: with the cached-weights choice, fetch OpenAI's ViT-B/16 through open_clip when no cache has it.
+    """
+    from dva_model.edit.clip_loss import clip_loss_for, download_clip_weights, find_cached_clip_weights, load_clip
 
     path = find_cached_clip_weights() if weights == CACHED_WEIGHTS else model_path(weights)
+    if path is None and download:
+        path = download_clip_weights()
     if path is None:
-        raise FileNotFoundError("No OpenAI CLIP ViT-B/16 in the local caches (~/.cache/clip/ViT-B-16.pt); put "
-                                "ViT-B-16.pt into ComfyUI's models/dva folder and pick it in DVA CLIP Loader.")
+        raise FileNotFoundError("No OpenAI CLIP ViT-B/16 in the local caches; turn on download_if_missing in DVA "
+                                "CLIP Loader, run `python -m dva_model download --what clip`, or put ViT-B-16.pt "
+                                "into ComfyUI's models/dva folder and pick it.")
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
     with _clip_lock:
@@ -66,7 +72,7 @@ def load_clip_handle(weights: str, device: torch.device) -> ModelHandle:
 
 
 class DVACLIPLoader(io.ComfyNode):
-    """Loads OpenAI's CLIP ViT-B/16 for text-driven edits (never downloads)."""
+    """Loads OpenAI's CLIP ViT-B/16 for text-driven edits (downloads only with download_if_missing)."""
 
     REQUIRES = REQUIRES
 
@@ -77,19 +83,23 @@ class DVACLIPLoader(io.ComfyNode):
             description=("Loads the CLIP model of the published text-driven edit: OpenAI's ViT-B/16 from the "
                          "local CLIP cache, or a ViT-B-16.pt / open_clip .safetensors file from ComfyUI/models/dva."),
             inputs=[
-                io.Combo.Input("weights", options=[CACHED_WEIGHTS] + model_files(*CLIP_SUFFIXES, kind="clip"), default=CACHED_WEIGHTS,
-                               tooltip="OpenAI's ViT-B-16.pt (as cached by the clip / open_clip packages), or such "
-                                       "a file placed in models/dva."),
+                io.Combo.Input("weights", options=[CACHED_WEIGHTS] + model_files(*CLIP_SUFFIXES, kind="clip"),
+                               default=CACHED_WEIGHTS, tooltip=
+                               "OpenAI's ViT-B-16.pt (as cached by the clip / open_clip packages), or such a file "
+                               "placed in models/dva."),
                 io.Combo.Input("device", options=list(DEVICES), default="auto",
                                tooltip="'auto' runs on ComfyUI's compute device."),
+                io.Boolean.Input("download_if_missing", default=False, optional=True, tooltip=
+                                 "With the local-cache choice and no cached copy: download OpenAI's ViT-B/16 (about "
+                                 "600 MB) through open_clip into its cache first. Off: nothing is downloaded."),
             ],
             outputs=[Clip.Output(display_name="clip", tooltip="CLIP for DVA CLIP Edit.")],
         )
 
     @classmethod
-    def execute(cls, weights, device) -> io.NodeOutput:
+    def execute(cls, weights, device, download_if_missing=False) -> io.NodeOutput:
         require_all("DVA CLIP Loader", REQUIRES)
-        return io.NodeOutput(load_clip_handle(weights, resolve_device(device)))
+        return io.NodeOutput(load_clip_handle(weights, resolve_device(device), download=download_if_missing))
 
 
 class DVACLIPEdit(io.ComfyNode):
