@@ -90,7 +90,8 @@ def test_empty_aligned_folder(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_decode_applies_a_clip_delta_before_attributes(tmp_path, encoded, tiny_checkpoint, tiny_model):
-    from dva_model.edit.clip_edit import IdentityDelta, apply_delta, save_delta
+    from dva_model.edit.clip_edit import save_delta
+    from dva_model.edit.identity import IdentityDelta, apply_delta
     from dva_model.formats.image_io import to_uint8
 
     g = torch.Generator().manual_seed(11)

@@ -20,25 +20,25 @@ minimised by Adam (lr 0.002) for 2000 iterations as released. The result is the 
 
 Our default ``norm="keep"`` rescales that to |z_id| (scale 0 then returns z_id itself, as the
 classifier edit's default does); ``norm="unit"`` reproduces the release. Deltas combine with attribute
-edits in one fixed order: the CLIP delta first, then the classifier directions (``combine_edits``).
+edits in one fixed order: the CLIP delta first, then the classifier directions
+(``dva_model.edit.identity.compose_identity_edits``).
 """
 
 import copy
 import itertools
 import json
 import logging
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dva_model.nets.bisenet import foreground_mask
-from dva_model.edit.classifier import AttributeClassifier, EditNorm, edit_identity
 from dva_model.edit.clip_loss import ClipDirectionalLoss, log_directional_loss
+from dva_model.edit.identity import IdentityDelta
 from dva_model.constants import ID_DIM, LANDMARK_DIM, TRAINING_MASK_EXCLUDED
 from dva_model.diffusion.ddim_invert import invert
 from dva_model.diffusion.ddim_sample import sample_step
@@ -52,7 +52,6 @@ from dva_model.diffusion.schedule import DDIMCoefficients, respaced_timesteps
 logger = logging.getLogger(__name__)
 
 DELTA_FORMAT = "dva-identity-delta/1"
-DEFAULT_SCALE = 0.5  # the README's example ("face" -> "face with beard"); the script's own default is 1.0
 TRAJECTORY_STEPS = 5  # kept steps 0, 200, 400, 600, 800 (the release's n_train_step)
 
 PathLike = Union[str, Path]
@@ -116,20 +115,6 @@ class ClipEditLosses(NamedTuple):
     clip: float
     identity: float
     l1: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class IdentityDelta:
-    """A CLIP edit, reusable on any clip: ``delta`` [512] float32 plus how it was made (``info``)."""
-
-    delta: Tensor
-    source_text: str = ""
-    target_text: str = ""
-    info: Mapping[str, object] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.delta.shape != (ID_DIM,):
-            raise ValueError(f"delta must be [{ID_DIM}], got {tuple(self.delta.shape)}.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,49 +282,6 @@ def _log_losses(history: Sequence[ClipEditLosses]) -> None:
     first, last = history[0], history[-1]
     logger.info("CLIP edit: loss %.4f -> %.4f (clip %.4f -> %.4f, identity %.4f -> %.4f, l1 %.4f -> %.4f)",
                 first.total, last.total, first.clip, last.clip, first.identity, last.identity, first.l1, last.l1)
-
-
-def apply_delta(z_id: Tensor, delta: Union[IdentityDelta, Tensor], *, scale: float = DEFAULT_SCALE,
-                norm: EditNorm = "keep") -> Tensor:
-    """z_id_edit = l2n(z_id + scale * delta) for a clip identity z_id [512] (the clip's mean identity).
-
-    norm="unit" returns exactly the release's unit vector; "keep" (default) rescales it to |z_id| so that
-    scale 0 returns z_id unchanged. Returns [512] float32 on z_id's device.
-    """
-    if norm not in ("keep", "unit"):
-        raise ValueError(f"norm must be 'keep' or 'unit', got {norm!r}.")
-    vector = delta.delta if isinstance(delta, IdentityDelta) else delta
-    if z_id.shape != (ID_DIM,) or vector.shape != (ID_DIM,):
-        raise ValueError(f"z_id and delta must both be [{ID_DIM}], got {tuple(z_id.shape)} and {tuple(vector.shape)}.")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale}.")
-    z_id = z_id.float()
-    if norm == "keep" and scale == 0:
-        return z_id.clone()
-    edited = F.normalize(z_id + scale * vector.to(z_id.device, torch.float32), dim=0)
-    return edited * z_id.norm() if norm == "keep" else edited
-
-
-def combine_edits(
-    z_id: Tensor,
-    *,
-    deltas: Sequence[Tuple[Union[IdentityDelta, Tensor], float]] = (),
-    classifier: Optional[AttributeClassifier] = None,
-    attributes: Sequence[Tuple[str, float]] = (),
-    norm: EditNorm = "keep",
-) -> Tensor:
-    """CLIP deltas first (each ``apply_delta``, in order), then classifier attribute edits (``edit_identity``).
-
-    z_id: [512] clip identity; deltas: (delta, scale) pairs; attributes: (name, scale) pairs, which need
-    ``classifier``. With norm="unit" every stage returns a unit vector, as each published edit does.
-    """
-    for delta, scale in deltas:
-        z_id = apply_delta(z_id, delta, scale=scale, norm=norm)
-    if attributes:
-        if classifier is None:
-            raise ValueError("Attribute edits need the classifier whose directions they name.")
-        z_id = edit_identity(z_id, classifier, attributes, norm=norm)
-    return z_id.float()
 
 
 def save_delta(path: PathLike, delta: IdentityDelta) -> Path:

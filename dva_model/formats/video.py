@@ -457,8 +457,9 @@ def _copy_audio(output, stream, container, audio, window: Optional[tuple[float, 
         output.mux(packet)
 
 
-def _encode_audio(output, stream, container, audio, window: Optional[tuple[float, float]]) -> None:
-    """Decode the audio inside ``window`` and encode it as AAC at the source sample rate."""
+def _decoded_audio(container, audio, window: Optional[tuple[float, float]] = None):
+    """Decoded frames of the audio stream ``audio`` whose time lies inside ``window`` seconds (all when
+    None), as planar float32 ("fltp") at the source's sample rate and channel layout."""
     import av
 
     rate = audio.codec_context.sample_rate
@@ -466,10 +467,34 @@ def _encode_audio(output, stream, container, audio, window: Optional[tuple[float
     for frame in container.decode(audio):
         if window is not None and frame.time is not None and not window[0] <= frame.time < window[1]:
             continue
-        for converted in resampler.resample(frame):
-            converted.pts = None
-            output.mux(stream.encode(converted))
+        yield from resampler.resample(frame)
+
+
+def _encode_audio(output, stream, container, audio, window: Optional[tuple[float, float]]) -> None:
+    """Decode the audio inside ``window`` and encode it as AAC at the source sample rate."""
+    for converted in _decoded_audio(container, audio, window):
+        converted.pts = None
+        output.mux(stream.encode(converted))
     output.mux(stream.encode(None))
+
+
+def read_audio(path: PathLike, window: tuple[float, float]) -> tuple[torch.Tensor, int]:
+    """The first audio track of ``path`` cut to ``window`` seconds (start, stop), sample-exact.
+
+    Returns (waveform [channels, samples] float32 in [-1, 1], sample rate); raises ``UserError`` when
+    the file has no audio track.
+    """
+    import av
+
+    start, stop = window
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise UserError(f"{path} has no audio track.")
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        chunks = [frame.to_ndarray() for frame in _decoded_audio(container, stream)]  # each [channels, samples]
+    waveform = torch.from_numpy(np.concatenate(chunks, axis=1)) if chunks else torch.zeros(1, 0)
+    return waveform[:, int(round(start * rate)): int(round(stop * rate))], rate
 
 
 def audio_window(info: VideoInfo, indices: Sequence[int]) -> tuple[float, float]:
