@@ -24,11 +24,13 @@ from dva_model.face.align import AlignConfig, align_frames, compute_quads, inver
 from dva_model.edit.classifier import EditNorm
 from dva_model.edit.identity import IdentityEdit, compose_identity_edits, identity_edits
 from dva_model.errors import UserError
-from dva_model.face.landmarks import FaceLandmarker, FaceTrack, TrackConfig, track_faces
+from dva_model.face.landmarks import FaceLandmarker
+from dva_model.face.tracking import FaceTrack, TrackConfig, track_faces
 from dva_model.face.paste import PasteConfig, build_masks, crop_rows, paste_frames
 from dva_model.progress import ProgressCallback, StageProgress, report
 from dva_model.progress import no_progress as _no_progress
-from dva_model.model import mean_identity
+from dva_model.diffusion import ddim_invert, ddim_sample
+from dva_model.model import batches, mean_identity
 from dva_model.formats.video import (
     DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, iter_frames, probe,
 )
@@ -242,11 +244,6 @@ class EditResult:
     untouched: tuple[tuple[int, int], ...]  # inclusive source frame ranges without a face
 
 
-def _chunked(count: int, size: int):
-    for start in range(0, count, size):
-        yield slice(start, min(start + size, count))
-
-
 def reconstruct_crops(
     model, crops: torch.Tensor, z_lnd: torch.Tensor, identity: torch.Tensor, target: torch.Tensor, *,
     config: EditConfig, callback: Optional[ProgressCallback] = None,
@@ -256,9 +253,9 @@ def reconstruct_crops(
     crops: [M, 3, S, S] in [-1, 1] (CPU); z_lnd: [M, 102]; identity, target: [512].
     Returns the decoded crops [M, 3, S, S] float32 in [-1, 1] on the CPU.
     """
-    calls_per_frame_batch = 2 * config.steps - 1  # S - 1 inversion calls + S decoding calls
+    calls_per_frame_batch = ddim_invert.model_calls(config.steps) + ddim_sample.model_calls(config.steps)
     total = calls_per_frame_batch * sum(-(-(s.stop - s.start) // config.batch_size)
-                                        for s in _chunked(len(crops), config.chunk_frames))
+                                        for s in batches(len(crops), config.chunk_frames))
     done = 0
 
     def step(_done: int, _total: int) -> None:
@@ -267,7 +264,7 @@ def reconstruct_crops(
         report(callback, done, total)
 
     out = []
-    for part in _chunked(len(crops), config.chunk_frames):
+    for part in batches(len(crops), config.chunk_frames):
         x_T = model.invert(crops[part], identity, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
         decoded = model.decode(x_T, target, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
         out.append(decoded.float().cpu())

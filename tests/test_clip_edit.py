@@ -125,11 +125,11 @@ def test_trajectory_is_inversion_then_stepwise_reconstruction(small_model, refer
     assert trajectory.shape == (6, 3, SMALL_SIZE, SMALL_SIZE)
     from dva_model.diffusion import ddim_invert
     from dva_model.diffusion import ddim_sample
-    from dva_model.edit.clip_edit import _eps_model
+    from dva_model.model import unet_eps
     from dva_model.diffusion.schedule import respaced_timesteps
 
     z_face = small_model.face_condition(reference.z_id[None], reference.z_lnd[None])
-    eps, steps = _eps_model(small_model.unet), respaced_timesteps(5)
+    eps, steps = unet_eps(small_model.unet), respaced_timesteps(5)
     assert steps == [0, 200, 400, 600, 800]
     x_800 = ddim_invert.invert(eps, reference.crop, steps, cond=z_face, alpha_bar=small_model.alpha_bar)
     final = ddim_sample.sample(eps, x_800, steps, cond=z_face, alpha_bar=small_model.alpha_bar)

@@ -41,11 +41,11 @@ from dva_model.edit.clip_loss import ClipDirectionalLoss, log_directional_loss
 from dva_model.edit.identity import IdentityDelta
 from dva_model.constants import ID_DIM, LANDMARK_DIM, TRAINING_MASK_EXCLUDED
 from dva_model.diffusion.ddim_invert import invert
-from dva_model.diffusion.ddim_sample import sample_step
+from dva_model.diffusion.ddim_sample import sample_step, trajectory
 from dva_model.errors import UserError
 from dva_model.formats.files import read_safetensors, write_safetensors
 from dva_model.formats.latent_io import Latent
-from dva_model.model import DVAModel
+from dva_model.model import DVAModel, unet_eps
 from dva_model.progress import ProgressCallback, report
 from dva_model.diffusion.schedule import DDIMCoefficients, respaced_timesteps
 
@@ -159,16 +159,6 @@ def reference_from_latent(
                           z_lnd=latent.z_lnd[index].to(device).float(), mask=mask.float())
 
 
-def _eps_model(unet: nn.Module):
-    """The UNet in its weights' dtype, float32 in and out; autograd follows the caller."""
-    dtype = next(unet.parameters()).dtype
-
-    def eps(x_t: Tensor, t: Tensor, z_face: Tensor) -> Tensor:
-        return unet(x_t.to(dtype), t, z_face.to(dtype)).float()
-
-    return eps
-
-
 def _autograd_ready(module: nn.Module) -> nn.Module:
     """``module``, or a copy of it when its weights are inference tensors (made under torch.inference_mode,
     as ComfyUI runs every node, also when it moves a model between devices): autograd cannot save those
@@ -187,14 +177,9 @@ def reconstruction_trajectory(model: DVAModel, reference: ReferenceFrame, *, ste
     (to the last kept step), then reconstructed one DDIM step at a time: [x_last, ..., x_0, final]."""
     timesteps = respaced_timesteps(steps)
     z_face = model.face_condition(reference.z_id[None], reference.z_lnd[None])  # [1, 512]
-    coefs = DDIMCoefficients.build(model.alpha_bar, timesteps, z_face.device)
-    eps = _eps_model(model.unet)
+    eps = unet_eps(model.unet)
     x = invert(eps, reference.crop.to(z_face.device), timesteps, cond=z_face, alpha_bar=model.alpha_bar)
-    states = [x]
-    for k in reversed(range(len(timesteps))):
-        x = sample_step(eps, x, k, cond=z_face, coefs=coefs)
-        states.append(x)
-    return torch.cat(states)
+    return torch.cat([x, *trajectory(eps, x, timesteps, cond=z_face, alpha_bar=model.alpha_bar)])
 
 
 class EditObjective:
@@ -220,7 +205,7 @@ class EditObjective:
             self.e_0 = reference.z_id.to(device).float().clone()[None]  # [1, 512]
             self.unet, self.linear = _autograd_ready(model.unet), _autograd_ready(model.encoder.linear)
             self.clip_loss = _autograd_ready(clip_loss)
-            self.eps = _eps_model(self.unet)
+            self.eps = unet_eps(self.unet)
             with torch.no_grad():
                 self.text_direction = self.clip_loss.text_direction(config.source_text, config.target_text)
                 self.source_features = self.clip_loss.image_features(self.source)
