@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from dva_model.errors import ModelFileError
-from dva_model.face.landmarks import (DlibDetector, DlibLandmarks, choose_face, find_dlib_file, find_dlib_landmark_model,
-                                 import_dlib)
+from dva_model.face.landmarks import DlibDetector, DlibLandmarks, find_dlib_file, find_dlib_landmark_model, import_dlib
+from dva_model.face.tracking import choose_face
 
 log = logging.getLogger(__name__)
 

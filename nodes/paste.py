@@ -6,7 +6,6 @@ from .types import FACES, MODEL
 NODE = "DVA Paste Back"
 REQUIRES = (("kornia", "kornia"),)
 CHUNK_FRAMES = 16  # frames composited per call (bounds the full-resolution temporaries)
-COMPOSITES = ("frame", "release")
 
 
 class DVAPasteBack:
@@ -30,7 +29,7 @@ class DVAPasteBack:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from dva_model.face.paste import MASK_PRESETS
+        from dva_model.face.paste import COMPOSITES, MASK_PRESETS
 
         return {"required": {
             "frames": ("IMAGE", {"tooltip": "The original frames, the same ones DVA Face Align saw."}),
@@ -49,7 +48,7 @@ class DVAPasteBack:
                         "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."}),
             "temporal_sigma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip":
                                "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."}),
-            "composite": (list(COMPOSITES), {"default": "frame", "tooltip":
+            "composite": (list(COMPOSITES), {"default": COMPOSITES[0], "tooltip":
                           "'frame': blend at full resolution, only masked pixels change. 'release': blend "
                           "inside the crop and paste the whole square, as published."}),
         }}

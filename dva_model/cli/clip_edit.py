@@ -67,7 +67,7 @@ def add_parser(subparsers) -> None:
 
 def _aligned_clip(args: argparse.Namespace):
     from dva_model.face.align import AlignConfig
-    from dva_model.face.landmarks import TrackConfig
+    from dva_model.face.tracking import TrackConfig
     from dva_model.pipeline import align_video
 
     selection = FrameSelection(start=args.start, stop=args.stop, stride=args.stride, max_frames=args.max_frames)

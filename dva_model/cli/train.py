@@ -36,7 +36,7 @@ from dva_model.train.trainer import (
     Precision, StepReport, TrainConfig, Trainer, encode_conditions, evaluation_loss, fit, is_trainable,
     load_training_state, save_training_state,
 )
-from dva_model.face.landmarks import TrackConfig
+from dva_model.face.tracking import TrackConfig
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.train.data import DataConfig, StepFrames, align_videos, list_clips, list_videos, preview_frames
 from dva_model.nets.unet import UNetConfig

@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import numpy as np
 import torch
 
 from dva_model.constants import CROP_SIZE
+from dva_model.errors import one_of
 
 # FFHQ quad recipe (Karras et al. 2019; STIT's video version).
 EYE_LEFT = slice(36, 42)
@@ -44,6 +45,7 @@ TRIANGLE_SIGMA = 1.0 / math.sqrt(6.0)
 BLUR_TRUNCATE = 3.0  # kernel radius in sigmas
 
 AlignMethod = Literal["direct", "release"]
+ALIGN_METHODS: tuple[str, ...] = get_args(AlignMethod)  # first = default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +69,8 @@ class AlignConfig:
             raise ValueError(f"Crop size must be at least 8 pixels, got {self.size}.")
         if self.sigma_centre < 0 or self.sigma_axes < 0:
             raise ValueError("Smoothing sigmas must be 0 (off) or positive.")
-        if self.method not in ("direct", "release"):
-            raise ValueError(f"Unknown align method {self.method!r}; choose 'direct' or 'release'.")
+        if self.method not in ALIGN_METHODS:
+            raise ValueError(f"Unknown align method {self.method!r}; choose {one_of(ALIGN_METHODS)}.")
 
 
 def quad_axes(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, get_args
 
 import numpy as np
 import torch
 
 from dva_model.face.align import warp_to_frames
 from dva_model.constants import PARSING_CLASSES, PASTE_MASK_EXCLUDED, TRAINING_MASK_EXCLUDED
+from dva_model.errors import one_of
 
 HAIR, NECK, LEFT_EAR, RIGHT_EAR = (PARSING_CLASSES.index(name) for name in ("hair", "neck", "l_ear", "r_ear"))
 ALL_CLASSES = tuple(range(len(PARSING_CLASSES)))
@@ -39,6 +40,7 @@ MASK_PRESETS: dict[str, tuple[int, ...]] = {
 }
 MaskPreset = Literal["release", "hair", "glasses", "beard", "head"]
 Composite = Literal["frame", "release"]
+COMPOSITES: tuple[str, ...] = get_args(Composite)  # first = default
 BLUR_TRUNCATE = 3.0  # Gaussian kernel radius in sigmas
 
 
@@ -66,8 +68,8 @@ class PasteConfig:
             raise ValueError(f"Mask classes must be a non-empty subset of 0..{len(ALL_CLASSES) - 1}, got {self.classes}.")
         if self.dilate < 0 or self.feather < 0 or self.temporal_sigma < 0:
             raise ValueError("dilate, feather and temporal_sigma must be 0 (off) or positive.")
-        if self.composite not in ("frame", "release"):
-            raise ValueError(f"Unknown composite {self.composite!r}; choose 'frame' or 'release'.")
+        if self.composite not in COMPOSITES:
+            raise ValueError(f"Unknown composite {self.composite!r}; choose {one_of(COMPOSITES)}.")
 
     @classmethod
     def from_preset(cls, preset: MaskPreset, **options) -> "PasteConfig":
