@@ -173,7 +173,7 @@ class DlibFaceEmbedder:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"Frames must be uint8 [N, H, W, 3] RGB, got {images.dtype} {tuple(images.shape)}; "
-                f"convert with dva_model.formats.video.to_uint8."
+                f"convert with dva_model.formats.image_io.to_uint8."
             )
         rows = [self.embed_one(np.ascontiguousarray(image)) for image in images]
         missing = sum(bool(np.isnan(row).any()) for row in rows)

@@ -25,6 +25,7 @@ import torch
 from dva_model.face.align import warp_to_frames
 from dva_model.constants import PARSING_CLASSES, PASTE_MASK_EXCLUDED, TRAINING_MASK_EXCLUDED
 from dva_model.errors import one_of
+from dva_model.face.runs import consecutive_runs
 
 HAIR, NECK, LEFT_EAR, RIGHT_EAR = (PARSING_CLASSES.index(name) for name in ("hair", "neck", "l_ear", "r_ear"))
 ALL_CLASSES = tuple(range(len(PARSING_CLASSES)))
@@ -98,12 +99,6 @@ def _gaussian_kernel1d(sigma: float, device: torch.device) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def _runs(frame_numbers: Sequence[int]) -> list[slice]:
-    """Slices of consecutive frame numbers (a gap in numbering splits the temporal smoothing)."""
-    cuts = [0] + [i for i in range(1, len(frame_numbers)) if frame_numbers[i] != frame_numbers[i - 1] + 1]
-    return [slice(a, b) for a, b in zip(cuts, cuts[1:] + [len(frame_numbers)])]
-
-
 def smooth_in_time(masks: torch.Tensor, sigma: float, frame_numbers: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Gaussian smoothing of masks [N, 1, H, W] along N (edge frames replicated), within runs of
     consecutive ``frame_numbers`` (default: all N frames are consecutive)."""
@@ -113,7 +108,7 @@ def smooth_in_time(masks: torch.Tensor, sigma: float, frame_numbers: Optional[Se
     kernel = _gaussian_kernel1d(sigma, masks.device)
     radius = (len(kernel) - 1) // 2
     out = masks.clone()
-    for run in _runs(numbers):
+    for run in consecutive_runs(numbers):  # a gap in numbering splits the smoothing
         part = masks[run]  # [n, 1, H, W]
         n = len(part)
         flat = part.reshape(n, -1).T.unsqueeze(1)  # [H*W, 1, n]

@@ -17,6 +17,8 @@ import torch
 from dva_model.constants import LANDMARK_POINTS
 from dva_model.errors import NoFaceError, UserError
 from dva_model.face.landmarks import FaceLandmarker
+from dva_model.face.runs import true_runs
+from dva_model.formats.image_io import to_uint8
 from dva_model.progress import ProgressCallback, report
 
 log = logging.getLogger(__name__)
@@ -58,21 +60,7 @@ class FaceTrack:
 
     def missing_runs(self) -> list[tuple[int, int]]:
         """Runs ``(first, last)`` (inclusive) of frames without a face (``has_face`` False)."""
-        return _runs(~self.has_face)
-
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive ``(first, last)`` index runs where ``flags`` is True."""
-    runs, start = [], None
-    for index, flag in enumerate(flags):
-        if flag and start is None:
-            start = index
-        elif not flag and start is not None:
-            runs.append((start, index - 1))
-            start = None
-    if start is not None:
-        runs.append((start, len(flags) - 1))
-    return runs
+        return [(run.start, run.stop - 1) for run in true_runs(~self.has_face)]
 
 
 def _box_size(box: np.ndarray) -> float:
@@ -100,12 +88,7 @@ def choose_face(boxes: np.ndarray, previous: Optional[np.ndarray], max_jump: flo
 
 def _as_images(chunk: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     """A frame [H, W, 3] or chunk [n, H, W, 3] (uint8, or float in [0, 1]) -> uint8 [n, H, W, 3]."""
-    if isinstance(chunk, torch.Tensor):
-        chunk = chunk.cpu().numpy() if chunk.dtype == torch.uint8 else (
-            (chunk.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        )
-    elif chunk.dtype != np.uint8:
-        chunk = np.clip(np.rint(chunk * 255.0), 0, 255).astype(np.uint8)
+    chunk = to_uint8(chunk)
     return chunk[None] if chunk.ndim == 3 else chunk
 
 
@@ -120,7 +103,8 @@ def fill_gaps(
     filled = landmarks.copy()
     has_face = detected.copy()
     count = len(detected)
-    for first, last in _runs(~detected):
+    for run in true_runs(~detected):
+        first, last = run.start, run.stop - 1
         if last - first + 1 > max_gap:
             filled[first: last + 1] = np.nan
             continue

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dva_model.errors import UserError
+from dva_model.formats.image_io import MAX_UINT8, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ RGB_CHANNELS = 3
 DEFAULT_CHUNK_FRAMES = 16
 DEFAULT_CRF = 18  # visually lossless for x264
 AAC_BITRATE = 192_000
-MAX_UINT8 = 255.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,17 +239,6 @@ def read_frames(
         )
     chunks = [frames for _, frames in iter_frames(path, selection=selection)]
     return torch.cat(chunks), info
-
-
-def to_uint8(frames: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
-    """``[n, H, W, 3]`` float in [0, 1] (or uint8) -> uint8 numpy, rounding to nearest."""
-    if isinstance(frames, torch.Tensor):
-        if frames.dtype == torch.uint8:
-            return frames.cpu().numpy()
-        return (frames.detach().float().cpu() * MAX_UINT8).round().clamp(0, MAX_UINT8).to(torch.uint8).numpy()
-    if frames.dtype == np.uint8:
-        return frames
-    return np.clip(np.rint(frames.astype(np.float32) * MAX_UINT8), 0, MAX_UINT8).astype(np.uint8)
 
 
 def _partial_path(path: Path) -> Path:
