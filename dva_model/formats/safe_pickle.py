@@ -28,7 +28,7 @@ import threading
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 
@@ -75,6 +75,7 @@ _TORCHSCRIPT_RECORD = re.compile(r"(^|/)(constants\.pkl|bytecode\.pkl|code/|extr
 # weights-only unpickler does not support anyway.
 _REFUSED_OPCODES = frozenset({"STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4", "PERSID"})
 _LEGACY_PICKLES = 5  # magic number, protocol version, system info, the object, storage keys
+_SCRIPTED_PREFIXES = ("__torch__.", "torch.jit._pickle.")  # TorchScript's own classes and list/dict builders
 _MAX_DEPTH = 64  # nesting depth walked when checking the loaded tensors
 _RETRY_MESSAGE = "re-save the weights from a trusted Python with torch.save(model.state_dict()), or use a .safetensors file"
 
@@ -124,10 +125,18 @@ class ReleaseObject:
         return f"<stand-in {self.qualified_name} args={self.args!r} fields={sorted(self.fields)}>"
 
 
-_STAND_INS: List[Tuple[type, str]] = [
-    (type(name.rpartition(".")[2], (ReleaseObject,), {"__slots__": (), "qualified_name": name}), name)
-    for name in _RELEASE_CLASSES
-]
+_stand_in_classes: Dict[str, type] = {}
+
+
+def _stand_in(name: str) -> type:
+    """The ReleaseObject subclass that stands in for the class or function ``name`` (one per name)."""
+    if name not in _stand_in_classes:
+        _stand_in_classes[name] = type(name.rpartition(".")[2], (ReleaseObject,),
+                                       {"__slots__": (), "qualified_name": name})
+    return _stand_in_classes[name]
+
+
+_STAND_INS: List[Tuple[type, str]] = [(_stand_in(name), name) for name in _RELEASE_CLASSES]
 _KNOWN_GLOBALS = _ALLOWED_GLOBALS | set(_RELEASE_CLASSES)
 
 
@@ -157,15 +166,68 @@ def load_pickled(path: Path, *, what: str) -> Any:
         if isinstance(error, ModelFileError):
             raise
         raise _unreadable(path, what, size, error) from error
+    loaded = _torch_load(path, _STAND_INS, path, what, size)
+    _check_tensors(loaded, path, what)
+    return loaded
+
+
+def read_torchscript_tensors(path: Path, *, what: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a TorchScript archive (OpenAI's CLIP ``.pt``) by attribute path ("visual.proj"...),
+    read as data: its code and ``__setstate__`` methods never run.
+
+    Only the archive's ``data.pkl`` and tensor records are read. Its scripted classes (``__torch__.*``)
+    become inert stand-ins; any other global outside the allow-list is refused as in ``load_pickled``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{what} {path} does not exist.")
+    size = path.stat().st_size
     try:
-        with _load_lock, torch.serialization.safe_globals(_STAND_INS), warnings.catch_warnings():
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+            _check_records(records, path, what, size)
+            prefix = records[0].filename.split("/")[0]
+            data = archive.read(f"{prefix}/data.pkl")
+            storages = {record.filename.rsplit("/", 1)[1]: archive.read(record)
+                        for record in records if record.filename.startswith(f"{prefix}/data/")}
+        found = _globals_in(io.BytesIO(data))
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError, KeyError, IndexError) as error:
+        if isinstance(error, ModelFileError):
+            raise
+        raise _unreadable(path, what, size, error) from error
+    scripted = {name for name in found if name.startswith(_SCRIPTED_PREFIXES)}
+    _check_globals(found - scripted, path, what)
+    copy = io.BytesIO()  # the same pickle and records in torch.save's layout, without the code
+    with zipfile.ZipFile(copy, "w", zipfile.ZIP_STORED) as plain:
+        plain.writestr("archive/data.pkl", data)
+        plain.writestr("archive/byteorder", "little")
+        plain.writestr("archive/version", "3\n")
+        for key, blob in storages.items():
+            plain.writestr(f"archive/data/{key}", blob)
+    copy.seek(0)
+    loaded = _torch_load(copy, [(_stand_in(name), name) for name in sorted(scripted)], path, what, size)
+    _check_tensors(loaded, path, what)
+    return dict(_attribute_tensors(loaded, ""))
+
+
+def _attribute_tensors(value: Any, prefix: str) -> Iterator[Tuple[str, torch.Tensor]]:
+    if isinstance(value, ReleaseObject):
+        for name, child in value.fields.items():
+            if isinstance(child, torch.Tensor):
+                yield prefix + name, child
+            elif isinstance(child, ReleaseObject):
+                yield from _attribute_tensors(child, f"{prefix}{name}.")
+
+
+def _torch_load(source: Any, stand_ins: List[Tuple[type, str]], path: Path, what: str, size: int) -> Any:
+    """torch's weights_only load with ``stand_ins`` allow-listed for this call only."""
+    try:
+        with _load_lock, torch.serialization.safe_globals(stand_ins), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols; the scan has judged the file
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             OSError, IndexError, KeyError, TypeError, AttributeError, AssertionError) as error:
         raise _unreadable(path, what, size, error) from error
-    _check_tensors(loaded, path, what)
-    return loaded
 
 
 def _unreadable(path: Path, what: str, size: int, error: BaseException) -> ModelFileError:
@@ -186,19 +248,27 @@ def _inspect_zip(path: Path, what: str, size: int) -> None:
                 f"it is refused: {_RETRY_MESSAGE}."
             )
         foreign = [name for name in names if not _TORCH_SAVE_RECORD.fullmatch(name)]
-        pickles = [name for name in names if name.endswith("/data.pkl")]
-        if foreign or len(pickles) != 1 or len({name.split("/")[0] for name in names}) != 1:
-            shown = ", ".join((foreign or names)[:3])
-            raise ModelFileError(f"{what} {path} is a zip file but not one torch.save writes (records {shown}).")
-        packed = [record.filename for record in records if record.compress_type != zipfile.ZIP_STORED]
-        unpacked = sum(record.file_size for record in records)
-        if packed or unpacked > size:
+        if foreign:
             raise ModelFileError(
-                f"{what} {path} holds compressed records ({', '.join(packed[:2]) or 'larger than the file'}), "
-                "which torch.save never writes; it is refused."
-            )
-        data = archive.read(pickles[0])
+                f"{what} {path} is a zip file but not one torch.save writes (records {', '.join(foreign[:3])}).")
+        _check_records(records, path, what, size)
+        data = archive.read(f"{names[0].split('/')[0]}/data.pkl")
     _check_globals(_globals_in(io.BytesIO(data)), path, what)
+
+
+def _check_records(records: List[zipfile.ZipInfo], path: Path, what: str, size: int) -> None:
+    """One top folder with one data.pkl; it and the tensor records stored as is (so none outgrows the file)."""
+    names = [record.filename for record in records]
+    pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
+    if len(pickles) != 1 or len({name.split("/")[0] for name in names}) != 1 or len(set(names)) != len(names):
+        raise ModelFileError(f"{what} {path} is a zip file but not one torch.save writes (records {', '.join(names[:3])}).")
+    read = [record for record in records if record.filename == pickles[0] or "/data/" in record.filename]
+    packed = [record.filename for record in read if record.compress_type != zipfile.ZIP_STORED]
+    if packed or sum(record.file_size for record in read) > size:
+        raise ModelFileError(
+            f"{what} {path} holds compressed records ({', '.join(packed[:2]) or 'larger than the file'}), "
+            "which torch.save never writes; it is refused."
+        )
 
 
 def _inspect_legacy(path: Path, what: str) -> None:
