@@ -239,13 +239,19 @@ def load_clip(weights: Optional[PathLike] = None, *, device: Union[str, torch.de
     open_clip model in eval mode on ``device``.
     """
     path = Path(weights) if weights is not None else find_cached_clip_weights()
-    if path is not None:
-        model = build_clip(read_clip_state(path))
-    elif allow_download:
+    if path is None and allow_download:
         import open_clip
 
         logger.info("Downloading OpenAI CLIP %s through open_clip.", RELEASE_CLIP_NAME)
-        model = open_clip.create_model(RELEASE_CLIP_NAME, pretrained="openai").eval().requires_grad_(False)
+        # Only the download is open_clip's: its own loader would torch.jit.load OpenAI's archive.
+        path = Path(open_clip.download_pretrained(open_clip.get_pretrained_cfg(RELEASE_CLIP_NAME, "openai")))
+    if path is not None:
+        try:
+            model = build_clip(read_clip_state(path))
+        except ModelFileError as error:
+            if str(path) in str(error):
+                raise
+            raise ModelFileError(f"{path}: {error}") from error
     else:
         raise ModelFileError(
             f"No CLIP weights given and none cached ({OPENAI_CACHE_FILE} or the Hugging Face cache of "
