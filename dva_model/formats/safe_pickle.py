@@ -225,6 +225,13 @@ def _torch_load(source: Any, stand_ins: List[Tuple[type, str]], path: Path, what
         with _load_lock, torch.serialization.safe_globals(stand_ins), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols; the scan has judged the file
             return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's unpickler refused an operation (BUILD on a function...)
+        detail = str(error).partition("WeightsUnpickler error:")[2].strip()
+        reason = detail.split("\n")[0].strip().rstrip(".")
+        raise ModelFileError(
+            f"{what} {path} asks the unpickler for more than tensors and plain containers "
+            f"({reason[:160] or 'refused by torch'}); it is refused: {_RETRY_MESSAGE}."
+        ) from error
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             OSError, IndexError, KeyError, TypeError, AttributeError, AssertionError) as error:
         raise _unreadable(path, what, size, error) from error
@@ -312,11 +319,13 @@ def _check_globals(found: Set[str], path: Path, what: str) -> None:
 
 
 def _check_tensors(loaded: Any, path: Path, what: str) -> None:
-    """Every tensor must be a plain CPU tensor no larger than the storage the file gave it."""
+    """Every tensor must be a plain CPU tensor without hooks, no larger than the storage the file gave it."""
     for key, tensor in _tensors(loaded, "", 0, set(), f"{what} {path}"):
         if tensor.layout != torch.strided or tensor.device.type != "cpu":
             raise ModelFileError(f"{what} {path}: {key or 'the tensor'} is a {tensor.layout} tensor on "
                                  f"{tensor.device}, not plain weights.")
+        if tensor._backward_hooks:  # torch.save never writes hooks; these would be called on backward()
+            raise ModelFileError(f"{what} {path}: {key or 'the tensor'} carries backward hooks; a crafted file, refused.")
         stored = tensor.untyped_storage().nbytes()
         if tensor.numel() * tensor.element_size() > stored:
             raise ModelFileError(
