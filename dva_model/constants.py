@@ -1,9 +1,12 @@
-"""Fixed numbers of the published Diffusion Video Autoencoder (Kim et al., CVPR 2023).
+"""Fixed numbers of the published Diffusion Video Autoencoder (Kim et al., CVPR 2023), and the one table
+of weight precisions.
 
 Every magic number of the method is named once here; modules import it from this file.
 """
 
-from typing import Final
+from typing import Dict, Final, Literal
+
+import torch
 
 # Feature sizes (paper, section 3).
 ID_DIM: Final = 512  # z_id: ArcFace IR-SE50 embedding, unit length per frame
@@ -40,8 +43,6 @@ CELEBA_ATTRIBUTES: Final = (
     "Wearing_Necktie", "Young",
 )
 
-# The "format" metadata of the pack's own .safetensors files.
-DVA_MODEL_FORMAT: Final = "dva-model/1"  # a DVAModel state dict (formats.checkpoint.save_model)
-DIRECTIONS_FORMAT: Final = "dva-directions/1"  # attribute directions (edit.classifier.save_directions)
-LATENT_FORMAT: Final = "dva-latent/1"  # a clip's encoding (formats.latent_io.save_latent)
-DELTA_FORMAT: Final = "dva-identity-delta/1"  # a learnt CLIP edit (edit.clip_edit.save_delta)
+# Weight precisions the UNet may run in, by the names every interface offers (CLI, nodes, trainer).
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: Final[Dict[str, torch.dtype]] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

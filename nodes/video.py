@@ -9,7 +9,7 @@ from pathlib import Path
 
 from comfy_api.v0_0_2 import io
 
-from ._host import file_fingerprint, input_files, input_path, require_all
+from ._host import input_file_problem, input_files, input_fingerprint, input_path, require_all
 from .types import CATEGORY_VIDEO
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
@@ -61,7 +61,7 @@ class DVAVideoLoad(io.ComfyNode):
         # An uploaded file re-runs the node when it changes; a connected VIDEO re-runs it through its
         # upstream nodes (and is not evaluated yet when ComfyUI asks, so the file may well be absent).
         try:
-            return file_fingerprint(video)
+            return input_fingerprint(video)
         except FileNotFoundError:
             return None
 
@@ -69,11 +69,7 @@ class DVAVideoLoad(io.ComfyNode):
     def validate_inputs(cls, video, input_types=None, **_):
         if input_types and "source_video" in input_types:
             return True  # the file is not used
-        try:
-            input_path(video)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+        return input_file_problem(video)
 
     @classmethod
     def execute(cls, video, start_frame, frame_cap, stride, max_gib, source_video=None) -> io.NodeOutput:
@@ -117,17 +113,7 @@ def read_audio(path, window):
 
     Returns {"waveform": [1, channels, samples] float32 in [-1, 1], "sample_rate": int}.
     """
-    import av
-    import numpy as np
-    import torch
+    from dva_model.formats.video import read_audio as read_waveform
 
-    start, stop = window
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
-        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout.name, rate=rate)
-        chunks = [frame.to_ndarray() for decoded in container.decode(stream)
-                  for frame in resampler.resample(decoded)]  # each [channels, samples]
-    waveform = torch.from_numpy(np.concatenate(chunks, axis=1)) if chunks else torch.zeros(1, 0)
-    waveform = waveform[:, int(round(start * rate)): int(round(stop * rate))]
+    waveform, rate = read_waveform(path, window)
     return {"waveform": waveform.unsqueeze(0).contiguous(), "sample_rate": rate}

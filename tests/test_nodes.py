@@ -195,24 +195,6 @@ def test_decode_moves_the_progress_bar_on_every_unet_call_and_cancels_within_one
         hook.remove()
 
 
-def test_encode_moves_one_progress_bar_on_every_feature_batch_and_unet_call(comfy_host, tiny_model):
-    import numpy as np
-
-    model, steps, count = _handle(tiny_model), 2, 2
-    faces = types.SimpleNamespace(crops=torch.rand(count, 3, 256, 256) * 2 - 1, config=types.SimpleNamespace(size=256),
-                                  indices=range(count), face_rows=np.arange(count))
-    calls = []
-    hook = tiny_model.unet.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        with torch.inference_mode():
-            (latent,) = pack_nodes()["DVAEncode"].execute(model, faces, steps, 1)
-    finally:
-        hook.remove()
-    assert latent.x_T.shape == (count, 3, 256, 256)
-    (total, values), = [bar for bar in comfy_host.bars if bar[1]]
-    assert values == list(range(1, total + 1)) and total == count + len(calls), "one step per batch and per UNet call"
-
-
 def test_decode_refuses_an_encoding_of_another_model(comfy_host, small_model):
     from nodes.types import Identity
 
