@@ -117,10 +117,13 @@ def test_loader_dropdowns_list_only_files_of_their_kind(comfy_host, tiny_checkpo
     install(tiny_safetensors, dva, "dva.safetensors")
     _release_classifier(dva / "release_cls" / "last.ckpt")
     (dva / "latent.pkl").write_bytes(b"statistics")
-    nodes = pack_nodes()
-    assert combo_options(nodes["DVAModelLoader"], "checkpoint") == ["dva.safetensors", "release/epoch=51-step=1000000.ckpt"]
-    assert combo_options(nodes["DVAClassifierLoader"], "classifier") == ["release_cls/last.ckpt"]
-    assert combo_options(nodes["DVAClassifierLoader"], "latent_stats") == ["none", "latent.pkl"]
+    from dva_model.formats.release import CHECKPOINT, CLASSIFIER, LATENT_STATS
+
+    nodes = pack_nodes()  # the released names are offered too (for download_if_missing), each in its own list
+    assert combo_options(nodes["DVAModelLoader"], "checkpoint") == sorted(
+        ["dva.safetensors", "release/epoch=51-step=1000000.ckpt", CHECKPOINT.name])
+    assert combo_options(nodes["DVAClassifierLoader"], "classifier") == sorted(["release_cls/last.ckpt", CLASSIFIER.name])
+    assert combo_options(nodes["DVAClassifierLoader"], "latent_stats") == ["none"] + sorted(["latent.pkl", LATENT_STATS.name])
 
 
 def test_load_nodes_list_saved_files_of_their_kind_under_output_dva_only(comfy_host):
