@@ -167,31 +167,6 @@ def test_shipped_workflow_returns_a_video_of_the_input_frame_count_and_size(serv
     assert {"4", "8"} <= progress_nodes, "encode and decode must report progress"
 
 
-def test_core_load_video_to_core_save_video_keeps_audio_and_frame_count(server, object_info, prompt, tmp_path):
-    """Core Load Video -> DVA Video Load (source_video) -> ... -> Paste Back's VIDEO -> core Save Video."""
-    from dva_model.formats.video import probe
-    from media import single_face_video
-
-    prompt = json.loads(json.dumps(prompt))
-    prompt["20"] = {"class_type": "LoadVideo", "inputs": {"file": prompt["2"]["inputs"]["video"]}}
-    prompt["2"]["inputs"]["source_video"] = ["20", 0]
-    prompt["2"]["inputs"]["video"] = "not_uploaded.mp4"  # the connected VIDEO is read, not the file
-    assert object_info["LoadVideo"]["output"] == ["VIDEO"] and prompt["11"]["inputs"]["video"] == ["9", 2]
-    history, _ = _run(server, prompt)
-    api.check_success(history)
-    (video,) = api.output_files(history)
-    result = probe(api.download(server, video, tmp_path / "edited.mp4"))
-    source = probe(single_face_video())
-    assert result.frame_count == _expected_frames() and (result.width, result.height) == (source.width, source.height)
-    assert result.has_audio and float(result.fps) == pytest.approx(float(source.fps), rel=1e-3)
-    import av
-
-    with av.open(str(tmp_path / "edited.mp4")) as container:
-        (audio,) = container.streams.audio
-        seconds = float(audio.duration * audio.time_base) if audio.duration else float(container.duration) / 1e6
-    assert seconds == pytest.approx(_expected_frames() / float(source.fps), abs=0.1), "the audio of those frames"
-
-
 def test_changing_only_the_edit_scale_reruns_only_edit_decode_and_paste(server, prompt):
     prompt = json.loads(json.dumps(prompt))
     prompt["7"]["inputs"]["scale"] = -0.3
@@ -273,3 +248,31 @@ def test_run_workflow_script_uploads_runs_and_downloads(server, prompt, tmp_path
     assert probe(out).frame_count == _expected_frames()
     bad = subprocess.run(command[:5] + ["--set", "no_such_input=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no node has a widget input named 'no_such_input'" in bad.stderr
+
+
+def test_core_load_video_to_core_save_video_keeps_audio_and_frame_count(server, object_info, prompt, tmp_path):
+    """Core Load Video -> DVA Video Load (source_video) -> ... -> Paste Back's VIDEO -> core Save Video.
+
+    Last in this module: it changes the loader's inputs, so ComfyUI's cache of the shipped graph is gone after it.
+    """
+    from dva_model.formats.video import probe
+    from media import single_face_video
+
+    prompt = json.loads(json.dumps(prompt))
+    prompt["20"] = {"class_type": "LoadVideo", "inputs": {"file": prompt["2"]["inputs"]["video"]}}
+    prompt["2"]["inputs"]["source_video"] = ["20", 0]
+    prompt["2"]["inputs"]["video"] = "not_uploaded.mp4"  # the connected VIDEO is read, not the file
+    assert object_info["LoadVideo"]["output"] == ["VIDEO"] and prompt["11"]["inputs"]["video"] == ["9", 2]
+    history, _ = _run(server, prompt)
+    api.check_success(history)
+    (video,) = api.output_files(history)
+    result = probe(api.download(server, video, tmp_path / "edited.mp4"))
+    source = probe(single_face_video())
+    assert result.frame_count == _expected_frames() and (result.width, result.height) == (source.width, source.height)
+    assert result.has_audio and float(result.fps) == pytest.approx(float(source.fps), rel=1e-3)
+    import av
+
+    with av.open(str(tmp_path / "edited.mp4")) as container:
+        (audio,) = container.streams.audio
+        seconds = float(audio.duration * audio.time_base) if audio.duration else float(container.duration) / 1e6
+    assert seconds == pytest.approx(_expected_frames() / float(source.fps), abs=0.1), "the audio of those frames"
