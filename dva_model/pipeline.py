@@ -27,7 +27,8 @@ from dva_model.face.landmarks import FaceLandmarker, FaceTrack, TrackConfig, tra
 from dva_model.face.paste import PasteConfig, build_masks, paste_back
 from dva_model.progress import ProgressCallback, report
 from dva_model.formats.video import (
-    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, iter_frames, probe,
+    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, frame_times, iter_frames,
+    probe,
 )
 
 log = logging.getLogger(__name__)
@@ -304,7 +305,8 @@ def write_pasted(
     info, indices = clip.info, clip.indices
     row_of_face = np.full(len(indices), -1)
     row_of_face[clip.face_rows] = np.arange(len(clip.face_rows))  # frame position -> crop row
-    window = audio_window(info, indices)
+    times = frame_times(path)  # [frame_count] seconds: output timing and audio follow the source's clock
+    window = audio_window(info, indices, times)
     with VideoWriter(out_path, fps=info.fps / selection.stride, width=info.width, height=info.height,
                      audio_from=path if info.has_audio else None, audio_window_s=window,
                      crf=config.crf, lossless=config.lossless) as writer:
@@ -320,7 +322,7 @@ def write_pasted(
             pasted = paste_back(frames, edited[crops_rows], masks[crops_rows],
                                 np.where(face[:, None, None], clip.quads[positions], 0.0),
                                 source=source, has_face=face, composite=config.paste.composite)
-            writer.write(pasted)
+            writer.write(pasted, times=times[np.asarray(chunk_indices)])
             done += len(chunk_indices)
             report(callback, done, len(indices))
     return Path(out_path)
