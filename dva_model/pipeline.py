@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,7 +28,7 @@ from dva_model.face.landmarks import FaceLandmarker, FaceTrack, TrackConfig, tra
 from dva_model.face.paste import PasteConfig, build_masks, paste_back
 from dva_model.progress import ProgressCallback, report
 from dva_model.formats.video import (
-    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, frame_times, iter_frames,
+    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, MAX_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, frame_times, iter_frames,
     probe,
 )
 
@@ -81,7 +82,8 @@ def find_faces(
     info = probe(path)
     indices = selection.indices(info.frame_count)
     chunks = (frames.numpy() for _, frames in iter_frames(path, selection=selection, chunk_size=chunk_size, dtype=torch.uint8))
-    face_track = track_faces(chunks, landmarker, config=track, total=len(indices), callback=callback, source=str(path))
+    face_track = track_faces(chunks, landmarker, config=track, total=len(indices), callback=callback, source=str(path),
+                             frame_numbers=indices)
     return info, indices, face_track
 
 
@@ -225,10 +227,18 @@ class EditConfig:
     crf: int = DEFAULT_CRF
 
     def __post_init__(self) -> None:
+        from dva_model.diffusion.schedule import respaced_timesteps
+
         if self.steps < 2:
             raise ValueError(f"steps must be at least 2 for DDIM inversion, got {self.steps}.")
+        respaced_timesteps(self.steps)  # a count the release's respacing cannot make fails before alignment
         if self.chunk_frames < 1 or self.batch_size < 1:
             raise ValueError("chunk_frames and batch_size must be at least 1.")
+        if not 0 <= self.crf <= MAX_CRF:
+            raise ValueError(f"crf must be 0-{MAX_CRF} (x264's range), got {self.crf}.")
+        for _, scale in self.edits + self.deltas:
+            if not math.isfinite(scale):
+                raise ValueError(f"Edit scales must be finite numbers, got {scale}.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,12 +370,14 @@ def edit_clip(
 
 
 def check_output_path(path: PathLike, out_path: PathLike) -> None:
-    """Refuse an output that would overwrite the input or land in a missing folder (before any work)."""
+    """Refuse, before any work, an output that would overwrite the input video or cannot be written
+    (a folder, a missing, read-only or full folder: ``check_writable_file``)."""
+    from dva_model.formats.files import check_writable_file
+
     out = Path(out_path)
     if out.resolve() == Path(path).resolve():
         raise UserError(f"The output {out} would overwrite the input video; choose another file name.")
-    if not out.parent.is_dir():
-        raise UserError(f"The output folder {out.parent} does not exist; create it first.")
+    check_writable_file(out, what="the output video")
 
 
 def edit_video(

@@ -79,6 +79,7 @@ class DVAAttributeEdit:
     @classmethod
     def execute(cls, identity, classifier, attribute, scale, norm, custom_attribute=""):
         name = custom_attribute.strip() or attribute
-        classifier.index(name)  # an unknown name fails here, naming the known ones
+        # An unknown name, a NaN scale or a damaged (non-finite) direction fails here in one sentence.
+        classifier.check_edits([(name, float(scale))])
         step = AttributeEditStep(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])
         return (identity.with_edit(step),)

@@ -123,3 +123,32 @@ def test_lossless_keeps_an_odd_size_exactly(tmp_path):
     again, info = read_frames(write_video(tmp_path / "odd.mp4", frames, fps=Fraction(25), lossless=True))
     assert (info.width, info.height) == (47, 33)
     assert torch.equal((again * 255).round(), (frames * 255).round())
+
+
+def test_max_gap_counts_source_frames_with_a_stride(tmp_path, caplog):
+    """The face leaves for 8 source frames (12-19); with stride 4 that is only 2 selected frames, which a
+    gap counted in selected frames (max_gap 8) would fill by holding the face over frames where it is gone."""
+    frames = uint8_frames(40).copy()
+    frames[12:20] = 128
+    clip = encode_clip(tmp_path / "leaves.mp4", frames, lossless=True)
+    selection = FrameSelection(stride=4)
+    with caplog.at_level("WARNING"):
+        result = edit_video(clip, tmp_path / "out.mp4", ReconstructingModel(paint=-1.0), dlib_landmarker(),
+                            config=EditConfig(steps=2, lossless=True), selection=selection,
+                            track=TrackConfig(max_gap=8))
+    assert result.untouched == ((12, 16),)  # source frame numbers: selected frames 12 and 16 are left alone
+    assert result.edited == 8
+    gap_messages = [r.getMessage() for r in caplog.records if "No face" in r.getMessage()]
+    assert len(gap_messages) == 1 and "frames 12-16 " in gap_messages[0]  # one numbering: the source's
+    output, _ = read_frames(result.path)
+    assert torch.equal((output[3:5] * 255).round(), torch.full_like(output[3:5], 128.0))  # untouched grey
+
+
+def test_short_gap_in_source_frames_is_still_filled_with_a_stride(tmp_path):
+    frames = uint8_frames(24).copy()
+    frames[9:12] = 128  # 3 source frames gone: selected frame 9 only
+    clip = encode_clip(tmp_path / "blink.mp4", frames, lossless=True)
+    result = edit_video(clip, tmp_path / "out.mp4", ReconstructingModel(), dlib_landmarker(),
+                        config=EditConfig(steps=2, lossless=True), selection=FrameSelection(stride=3),
+                        track=TrackConfig(max_gap=8))
+    assert (result.frames, result.edited, result.untouched) == (8, 8, ())  # gap of 5 source frames <= 8

@@ -5,7 +5,9 @@ import logging
 from pathlib import Path
 
 from dva_model.cli.common import add_model_options, load_model_from_args, model_fingerprint
-from dva_model.formats.image_io import read_crops
+from dva_model.cli.options import ddim_steps
+from dva_model.formats.files import check_writable_file
+from dva_model.formats.image_io import list_images, read_crops
 from dva_model.formats.latent_io import Latent, save_latent
 from dva_model.model import mean_identity
 from dva_model.cli.progress_bar import terminal_progress
@@ -21,12 +23,14 @@ def add_parser(subparsers) -> None:
     )
     add_model_options(parser)
     parser.add_argument("--aligned", type=Path, required=True, help="folder of aligned crops (PNG/JPG)")
-    parser.add_argument("--steps", type=int, default=100, help="DDIM steps (release: 1000; default 100)")
+    parser.add_argument("--steps", type=ddim_steps, default=100, help="DDIM steps (release: 1000; default 100)")
     parser.add_argument("--out", type=Path, required=True, help="latent file to write (.safetensors)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_file(args.out, what="the latent file")
+    list_images(args.aligned)  # a missing or empty crop folder fails before the model loads
     model = load_model_from_args(args)
     names, crops = read_crops(args.aligned, size=model.image_size)
     log.info("encoding %d crops from %s", len(crops), args.aligned)
@@ -35,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     x_T = model.invert(crops, identity, z_lnd, steps=args.steps, batch_size=args.batch_size,
                        callback=terminal_progress("invert", enabled=not args.quiet))
     latent = Latent(z_id=z_id, z_lnd=z_lnd, x_T=x_T, identity=identity, steps=args.steps,
-                    model_id=model_fingerprint(args.checkpoint), frame_names=tuple(names))
+                    model_id=model_fingerprint(args.checkpoint), frame_names=tuple(names),
+                    source_folder=str(args.aligned.resolve()))
     save_latent(args.out, latent)
     log.info("wrote %s", args.out)
     return 0

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dva_model.errors import UserError
-from dva_model.formats.files import write_atomically
+from dva_model.formats.files import check_writable_file, write_atomically
 from dva_model.metrics import DlibFaceEmbedder, identity_consistency, psnr_from_mse, squared_error_sum
 from dva_model.formats.video import FrameSelection, even_size, iter_frames, probe
 
@@ -93,6 +93,8 @@ def measure(source: Path, edited: Path, *, max_frames: Optional[int] = None,
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_writable_file(args.out, what="the metrics file")
     result = measure(args.source, args.edited, max_frames=args.max_frames, models_dir=args.models_dir)
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)

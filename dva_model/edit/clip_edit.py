@@ -313,6 +313,8 @@ def apply_delta(z_id: Tensor, delta: Union[IdentityDelta, Tensor], *, scale: flo
         raise ValueError(f"z_id and delta must both be [{ID_DIM}], got {tuple(z_id.shape)} and {tuple(vector.shape)}.")
     if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale}.")
+    if not torch.isfinite(vector).all():
+        raise UserError("The identity delta holds NaN or infinite values; the delta file is damaged, make it again.")
     z_id = z_id.float()
     if norm == "keep" and scale == 0:
         return z_id.clone()

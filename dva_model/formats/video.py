@@ -21,6 +21,7 @@ What phones and editors produce:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -390,7 +391,9 @@ class VideoWriter:
         self.audio_window_s = audio_window_s
         self.frames_written = 0
         self._partial = _partial_path(self.path)
-        self._container = av.open(str(self._partial), mode="w", format="mp4")
+        self._container = None
+        with self._naming_the_output():
+            self._container = av.open(str(self._partial), mode="w", format="mp4")
         try:
             self._stream = self._add_video_stream(crf, lossless)
             # Every stream must exist before the first packet is written (the header goes out then).
@@ -444,7 +447,8 @@ class VideoWriter:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = self._next_pts(None if times is None else float(times[row]))
             frame.time_base = TIME_BASE
-            self._container.mux(self._stream.encode(frame))
+            with self._naming_the_output():
+                self._container.mux(self._stream.encode(frame))
             self.frames_written += 1
 
     def _next_pts(self, seconds: Optional[float]) -> int:
@@ -467,16 +471,26 @@ class VideoWriter:
         try:
             if self.frames_written == 0:
                 raise UserError(f"No frames were written to {self.path}; nothing to save.")
-            self._container.mux(self._stream.encode(None))
-            if self._audio is not None:
-                self._audio.mux(self.audio_window_s)
-            self._container.close()
-            self._container = None
-            os.replace(self._partial, self.path)
+            with self._naming_the_output():
+                self._container.mux(self._stream.encode(None))
+                if self._audio is not None:
+                    self._audio.mux(self.audio_window_s)
+                self._container.close()
+                self._container = None
+                os.replace(self._partial, self.path)
         except BaseException:
             self._abort()
             raise
         return self.path
+
+    @contextlib.contextmanager
+    def _naming_the_output(self):
+        """Re-raise an operating-system error while writing (disk full, folder gone) as an ``OSError``
+        naming the output the user asked for, not the hidden temporary file."""
+        try:
+            yield
+        except OSError as error:
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from error
 
     def _abort(self) -> None:
         """Close and delete the temporary file (after an error or cancellation)."""
