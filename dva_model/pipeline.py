@@ -182,6 +182,7 @@ def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[st
         "video": str(clip.info.path),
         "width": clip.info.width, "height": clip.info.height,
         "fps": str(clip.info.fps), "frame_count": clip.info.frame_count,
+        "rotation": clip.info.rotation,  # the source's display rotation; sizes and points are upright
         "crop_size": clip.config.size, "method": clip.config.method,
         "sigma_centre": clip.config.sigma_centre, "sigma_axes": clip.config.sigma_axes,
         "frames": frames,

@@ -42,6 +42,10 @@ PathLike = Union[str, os.PathLike]
 BYTES_PER_FLOAT = 4
 RGB_CHANNELS = 3
 DEFAULT_CHUNK_FRAMES = 16
+# A chunk holds at most this much float32 frame data, whatever chunk_size asks: 16 frames of 640x360
+# fit, 1080p frames come 5 at a time and 4K ones (~95 MiB each) one at a time, so the full-resolution
+# work (paste back makes several float copies of a chunk) stays under a gigabyte at any frame size.
+MAX_CHUNK_BYTES = 128 * 2**20
 DEFAULT_CRF = 18  # visually lossless for x264
 MAX_CRF = 51  # x264's crf range is 0..51
 TIME_BASE = Fraction(1, 90_000)  # output timestamps for frames written with their own times (MPEG's clock)
@@ -240,7 +244,7 @@ def _to_output(frames: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     tensor = torch.from_numpy(frames)
     if dtype == torch.uint8:
         return tensor
-    return tensor.to(dtype) / MAX_UINT8
+    return tensor.to(dtype).div_(MAX_UINT8)  # in place: one float copy of the chunk, not two
 
 
 def iter_frames(
@@ -254,7 +258,8 @@ def iter_frames(
 
     ``frames`` is ``[n, H, W, 3]`` RGB, float in [0, 1] (or uint8 0..255 for ``dtype=torch.uint8``);
     ``indices`` are the source frame numbers of that chunk (a slice of ``selection.indices``).
-    Frames are turned upright by the video's rotation (``VideoInfo.rotation``).
+    A chunk has at most ``chunk_size`` frames and at most ``MAX_CHUNK_BYTES`` of float frames (fewer
+    frames per chunk for 4K). Frames are turned upright by the video's rotation (``VideoInfo.rotation``).
     Decoding runs from the start of the file (frame-exact; seeking is not frame-exact in every container).
     """
     import av
@@ -262,6 +267,7 @@ def iter_frames(
     if chunk_size < 1:
         raise ValueError(f"Chunk size must be 1 or more, got {chunk_size}.")
     info = probe(path)
+    chunk_size = max(1, min(chunk_size, MAX_CHUNK_BYTES // info.float_bytes(1)))
     wanted = selection.indices(info.frame_count)
     if len(wanted) == 0:
         raise UserError(
