@@ -73,7 +73,10 @@ def _check_common_options(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, run the command and return the process exit status."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding host): signals stay the host's business
+        previous = None
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)
@@ -88,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write("stopped by SIGTERM; no partial output was left\n")
         return EXIT_TERMINATED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(argv: Optional[Sequence[str]]) -> int:
