@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from dva_model.errors import UserError
 
 # Module names under dva_model/cli, in the order ``--help`` lists them.
-COMMANDS = ("encode", "decode", "convert", "align", "edit", "clip_edit", "train_direction", "train", "metrics")
+COMMANDS = ("download", "encode", "decode", "convert", "align", "edit", "clip_edit", "train_direction", "train", "metrics")
 EXIT_USER_ERROR = 2
 EXIT_OS_ERROR = 1
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # the shell's code for a command stopped by Ctrl-C
@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated:
         if debug:
             raise
-        sys.stderr.write("stopped by SIGTERM; no partial output was left\n")
+        sys.stderr.write("stopped by SIGTERM\n")
         return EXIT_TERMINATED
     finally:
         if previous is not None:
