@@ -1,6 +1,6 @@
 """Identity nodes: the clip's time-invariant identity, and attribute edits of it (chainable)."""
 
-from .types import CLASSIFIER, IDENTITY, LATENT, AttributeEditStep, Identity
+from .types import CLASSIFIER, IDENTITY, LATENT, Identity
 
 SOURCE_INVERSION = "inversion identity"
 SOURCE_MEAN = "mean of all frames"
@@ -81,5 +81,7 @@ class DVAAttributeEdit:
         name = custom_attribute.strip() or attribute
         # An unknown name, a NaN scale or a damaged (non-finite) direction fails here in one sentence.
         classifier.check_edits([(name, float(scale))])
-        step = AttributeEditStep(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])
+        from dva_model.edit.identity import AttributeEdit
+
+        step = AttributeEdit(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])
         return (identity.with_edit(step),)

@@ -14,7 +14,7 @@ import torch
 
 from media import decoded_frames, dlib_landmarker, encode_clip, single_face_video
 from test_pipeline import ReconstructingModel
-from dva_model.face.landmarks import TrackConfig
+from dva_model.face.tracking import TrackConfig
 from dva_model.formats.video import FrameSelection, audio_window, frame_times, probe, read_frames, write_video
 from dva_model.pipeline import EditConfig, edit_video
 

@@ -7,10 +7,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from dva_model.face.align import AlignConfig
+from dva_model.face.align import ALIGN_METHODS, AlignConfig
 from dva_model.cli.options import non_negative_int
 from dva_model.errors import UserError
-from dva_model.face.landmarks import TrackConfig, make_landmarker
+from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS, make_landmarker
+from dva_model.face.tracking import TrackConfig
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.formats.video import FrameSelection
 
@@ -31,9 +32,9 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
 
 def add_face_options(parser: argparse.ArgumentParser) -> None:
     """Face detection, landmarks, tracking and crop options."""
-    parser.add_argument("--detector", choices=("dlib", "insightface", "face_alignment"), default="dlib",
+    parser.add_argument("--detector", choices=tuple(DETECTORS), default=next(iter(DETECTORS)),
                         help="face detector (default dlib, as published)")
-    parser.add_argument("--landmarks", choices=("dlib", "face_alignment"), default="dlib",
+    parser.add_argument("--landmarks", choices=tuple(LANDMARK_MODELS), default=next(iter(LANDMARK_MODELS)),
                         help="68-point landmark model (default dlib, as published)")
     parser.add_argument("--face-models", type=Path,
                         help="folder holding shape_predictor_68_face_landmarks.dat (default: the "
@@ -42,7 +43,7 @@ def add_face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-gap", type=non_negative_int, default=TrackConfig().max_gap,
                         help="interpolate gaps of up to this many source frames without a detected face (counted in the "
                              "video's own frames, also with --stride); longer gaps are left untouched")
-    parser.add_argument("--align-method", choices=("direct", "release"), default="direct",
+    parser.add_argument("--align-method", choices=ALIGN_METHODS, default=ALIGN_METHODS[0],
                         help="direct: one antialiased warp to 256; release: the published 1024 + JPEG-75 + resize route")
 
 
