@@ -172,6 +172,15 @@ def input_path(name: str) -> Path:
     return Path(path)
 
 
+def input_file_problem(name: str):
+    """True when input-folder file ``name`` exists, else the sentence saying so (a node's input validation)."""
+    try:
+        input_path(name)
+    except FileNotFoundError as error:
+        return str(error)
+    return True
+
+
 def input_fingerprint(name: str) -> str:
     """Path, size and modification time of an input-folder file: ComfyUI re-runs a loader when it changes."""
     from dva_model.formats.files import file_fingerprint

@@ -7,8 +7,8 @@ before the attribute edits chained onto it (whatever the node order): ``compose_
 
 import torch
 
-from ._host import DEVICES, HandleCache, ModelHandle, input_fingerprint, input_path, model_files, model_path
-from ._host import output_path, progress_callback, require_all, resolve_device
+from ._host import DEVICES, HandleCache, ModelHandle, input_file_problem, input_fingerprint, input_path, model_files
+from ._host import model_path, output_path, progress_callback, require_all, resolve_device
 from .edit import NORMS
 from .encode import latent_files
 from .types import FACES, IDENTITY, LATENT, MODEL
@@ -45,7 +45,8 @@ def load_clip_handle(weights: str, device: torch.device, *, download: bool = Fal
 
     download: with the cached-weights choice, fetch OpenAI's ViT-B/16 through open_clip when no cache has it.
     """
-    from dva_model.edit.clip_loss import clip_loss_for, download_clip_weights, find_cached_clip_weights, load_clip
+    from dva_model.edit.clip_loss import clip_loss_for, load_clip
+    from dva_model.formats.clip_weights import download_clip_weights, find_cached_clip_weights
 
     path = find_cached_clip_weights() if weights == CACHED_WEIGHTS else model_path(weights)
     if path is None and download:
@@ -248,11 +249,7 @@ class DVALoadIdentityDelta:
 
     @classmethod
     def VALIDATE_INPUTS(cls, delta_file):
-        try:
-            input_path(delta_file)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+        return input_file_problem(delta_file)
 
     @classmethod
     def execute(cls, delta_file):

@@ -2,7 +2,7 @@
 
 import os
 
-from ._host import input_fingerprint, input_path, output_path, progress_callback, require_all
+from ._host import input_file_problem, input_fingerprint, input_path, output_path, progress_callback, require_all
 from .types import FACES, LATENT, MODEL
 
 LATENT_SUFFIX = ".safetensors"
@@ -120,11 +120,7 @@ class DVALoadLatent:
 
     @classmethod
     def VALIDATE_INPUTS(cls, latent_file):
-        try:
-            input_path(latent_file)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+        return input_file_problem(latent_file)
 
     @classmethod
     def execute(cls, latent_file):

@@ -4,7 +4,7 @@ The outputs are ComfyUI's own types, so the edited frames can go to core Create 
 to VideoHelperSuite's Video Combine, or to any IMAGE node.
 """
 
-from ._host import input_fingerprint, input_files, input_path, require_all
+from ._host import input_file_problem, input_files, input_fingerprint, input_path, require_all
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
 GIB = 1 << 30
@@ -53,11 +53,7 @@ class DVAVideoLoad:
 
     @classmethod
     def VALIDATE_INPUTS(cls, video, **_):
-        try:
-            input_path(video)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+        return input_file_problem(video)
 
     @classmethod
     def execute(cls, video, start_frame, frame_cap, stride, max_gib):

@@ -15,6 +15,7 @@ pytest.importorskip("open_clip")
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 
 from dva_model.edit import clip_loss as clip_loss_module  # noqa: E402
+from dva_model.formats import clip_weights  # noqa: E402
 from dva_model.nets.bisenet import foreground_mask  # noqa: E402
 from dva_model.edit.classifier import AttributeClassifier, edit_identity  # noqa: E402
 from dva_model.edit.clip_edit import (  # noqa: E402
@@ -301,13 +302,13 @@ def test_load_clip_reads_every_supported_file_and_never_downloads(tmp_path, monk
         loaded = load_clip(tmp_path / name).state_dict()
         assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state), name
 
-    monkeypatch.setattr(clip_loss_module, "OPENAI_CACHE_FILE", tmp_path / "cache" / "ViT-B-16.pt")
-    monkeypatch.setattr(clip_loss_module, "HF_CACHE_REPO", "nobody/no-such-clip")
+    monkeypatch.setattr(clip_weights, "OPENAI_CACHE_FILE", tmp_path / "cache" / "ViT-B-16.pt")
+    monkeypatch.setattr(clip_weights, "HF_CACHE_REPO", "nobody/no-such-clip")
     with pytest.raises(ModelFileError, match="dva_model download --what clip"):
         load_clip()
     (tmp_path / "cache").mkdir()
     (tmp_path / "ViT-B-16.pt").rename(tmp_path / "cache" / "ViT-B-16.pt")
-    assert clip_loss_module.find_cached_clip_weights() == tmp_path / "cache" / "ViT-B-16.pt"
+    assert clip_weights.find_cached_clip_weights() == tmp_path / "cache" / "ViT-B-16.pt"
     with pytest.raises(ModelFileError):
         build_clip({"visual.conv1.weight": torch.zeros(1)})
 

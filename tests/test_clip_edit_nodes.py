@@ -121,9 +121,9 @@ def test_delta_nodes_save_load_and_apply_before_attribute_edits(comfy_host):
 
 
 def test_clip_loader_without_weights_is_one_sentence(comfy_host, monkeypatch):
-    from dva_model.edit import clip_loss
+    from dva_model.formats import clip_weights
     from nodes.clip_edit import CACHED_WEIGHTS, DVACLIPLoader
 
-    monkeypatch.setattr(clip_loss, "find_cached_clip_weights", lambda: None)
+    monkeypatch.setattr(clip_weights, "find_cached_clip_weights", lambda: None)
     with pytest.raises(FileNotFoundError, match="models/dva"):
         DVACLIPLoader.execute(CACHED_WEIGHTS, "cpu")
