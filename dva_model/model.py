@@ -24,6 +24,7 @@ from dva_model.nets.face_encoder import FaceEncoder
 from dva_model.progress import ProgressCallback, report
 from dva_model.diffusion.schedule import alpha_bar_schedule, respaced_timesteps
 from dva_model.nets.unet import DVAUNet, UNetConfig
+from dva_model.nets.unet_runner import RunnerOptions, UNetRunner
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -62,6 +63,17 @@ class DVAModel(nn.Module):
         self.unet = DVAUNet(config.unet)
         self.encoder = FaceEncoder()
         self.register_buffer("alpha_bar", alpha_bar_schedule(), persistent=False)
+        self.runner = UNetRunner(self.unet)  # plain eager calls until ``prepare``
+
+    def prepare(self, *, channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False) -> "DVAModel":
+        """Choose how the samplers call the UNet (see ``dva_model.nets.unet_runner``); returns ``self``.
+
+        Call after moving the model to its device and dtype. Every mode matches the eager call within
+        float round-off; compiling happens on the first call of each batch size (logged).
+        """
+        self.runner = UNetRunner(self.unet, RunnerOptions(channels_last=channels_last, compile=compile,
+                                                          cuda_graphs=cuda_graphs))
+        return self
 
     @property
     def image_size(self) -> int:
@@ -75,10 +87,10 @@ class DVAModel(nn.Module):
 
     def _eps_model(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """The UNet as the samplers call it: fp32 state in, fp32 epsilon out, weights' dtype inside."""
-        dtype = self._unet_dtype()
+        dtype, runner = self._unet_dtype(), self.runner
 
         def eps(x_t: Tensor, t: Tensor, z_face: Tensor) -> Tensor:
-            return self.unet(x_t.to(dtype), t, z_face.to(dtype)).float()
+            return runner(x_t.to(dtype), t, z_face.to(dtype)).float()
 
         return eps
 
