@@ -87,6 +87,12 @@ def test_cuda_graphs_need_a_cuda_model():
         UNetRunner(_toy_unet(), RunnerOptions(cuda_graphs=True))
 
 
+def test_every_named_mode_is_described_by_its_name():
+    from dva_model.nets.unet_runner import RUNNER_MODES
+
+    assert all(options.describe() == name for name, options in RUNNER_MODES.items())
+
+
 def test_describe_names_the_mode():
     assert RunnerOptions().describe() == "eager"
     assert RunnerOptions(compile=True, channels_last=True).describe() == "compile+channels-last"

@@ -46,6 +46,16 @@ class RunnerOptions:
         return "+".join(parts) or "eager"
 
 
+# The modes offered by name (node option, parity harness); "cuda-graphs" implies compiling.
+RUNNER_MODES = {
+    "eager": RunnerOptions(),
+    "channels-last": RunnerOptions(channels_last=True),
+    "compile": RunnerOptions(compile=True),
+    "compile+channels-last": RunnerOptions(compile=True, channels_last=True),
+    "cuda-graphs+channels-last": RunnerOptions(cuda_graphs=True, channels_last=True),
+}
+
+
 class UNetRunner:
     """Calls a frozen UNet with ``RunnerOptions``: runner(x_t, t, z_face) == unet(x_t, t, z_face).
 

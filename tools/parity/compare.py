@@ -36,7 +36,7 @@ FEATURE_TOLERANCE = 1e-4  # z_id (unit vectors), z_lnd (in [0, 1]), mean identit
 X_T_RELATIVE_TOLERANCE = 1e-3  # max abs error over max abs value
 PIXEL_TOLERANCE = 2  # uint8 levels, i.e. 2/255
 CLI_BATCH = 4  # the reference's default --batch_size
-# Our side's UNet path -> the CLI options that select it (dva_model.nets.unet_runner).
+# Our side's UNet paths that run on a CPU (dva_model.nets.unet_runner.RUNNER_MODES) -> their CLI options.
 UNET_MODES = {
     "eager": [],
     "channels-last": ["--channels-last"],
