@@ -74,3 +74,18 @@ def test_every_must_be_positive():
     with pytest.raises(ValueError, match="every must be at least 1 frame, got 0"):
         keyframe_landmarker(dlib_landmarker(), every=0)
     assert keyframe_landmarker(dlib_landmarker(), every=1) is dlib_landmarker()
+
+
+def test_cli_detect_every_option_builds_a_tracking_landmarker_for_one_clip_only():
+    import argparse
+
+    from dva_model.cli.align import add_face_options, landmarker_from_args
+    from dva_model.errors import UserError
+
+    parser = argparse.ArgumentParser()
+    add_face_options(parser)
+    args = parser.parse_args(["--detect-every", "5"])
+    tracker = landmarker_from_args(args)
+    assert tracker.detector.state.every == 5
+    with pytest.raises(UserError, match="--detect-every works on one video at a time"):
+        landmarker_from_args(args, one_clip=False)

@@ -40,6 +40,9 @@ def add_face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insightface-models", type=Path, help="models/insightface folder (for --detector insightface)")
     parser.add_argument("--max-gap", type=int, default=TrackConfig().max_gap,
                         help="interpolate up to this many frames without a detected face; longer gaps are left untouched")
+    parser.add_argument("--detect-every", type=int, default=1, metavar="K",
+                        help="detect the face every K frames and follow its landmarks in between, re-detecting "
+                             "when they slip (faster; default 1: detect in every frame)")
     parser.add_argument("--align-method", choices=("direct", "release"), default="direct",
                         help="direct: one antialiased warp to 256; release: the published 1024 + JPEG-75 + resize route")
 
@@ -48,9 +51,16 @@ def selection_from_args(args: argparse.Namespace) -> FrameSelection:
     return FrameSelection(start=args.start, stop=args.stop, stride=args.stride, max_frames=args.max_frames)
 
 
-def landmarker_from_args(args: argparse.Namespace, device: str = "cpu"):
-    return make_landmarker(detector=args.detector, landmarks=args.landmarks, models_dir=args.face_models,
-                           insightface_dir=args.insightface_models, device=device)
+def landmarker_from_args(args: argparse.Namespace, device: str = "cpu", *, one_clip: bool = True):
+    """The face landmarker the options ask for. With --detect-every > 1 it keeps state from frame to
+    frame, so it serves ``one_clip`` only; commands that align many videos pass one_clip=False."""
+    from dva_model.face.keyframe import keyframe_landmarker
+
+    if args.detect_every != 1 and not one_clip:
+        raise UserError("--detect-every works on one video at a time; leave it at 1 for this command.")
+    landmarker = make_landmarker(detector=args.detector, landmarks=args.landmarks, models_dir=args.face_models,
+                                 insightface_dir=args.insightface_models, device=device)
+    return keyframe_landmarker(landmarker, every=args.detect_every)
 
 
 def add_parser(subparsers) -> None:
