@@ -96,6 +96,10 @@ def run_one(args) -> dict:
     warm = warm_up(model, torch.zeros(batch, 3, model.image_size, model.image_size), batch, args.device)
     compile_s = 0.0 if reference else warm  # the reference's warm-up only settles the allocator / cuDNN
     landmarker = make_landmarker(detector="dlib", landmarks="dlib")
+    if not reference and args.detect_every > 1:
+        from dva_model.face.keyframe import keyframe_landmarker
+
+        landmarker = keyframe_landmarker(landmarker, every=args.detect_every)
     clock = StageClock(args.device)
     instrument(clock, model, landmarker)
     start = time.perf_counter()
@@ -161,6 +165,7 @@ def add_parser(commands, add_speed_options) -> None:
     edit.add_argument("--checkpoint", type=Path, required=True)
     edit.add_argument("--video", type=Path, required=True)
     edit.add_argument("--max-frames", type=int, help="edit only the first N frames")
+    edit.add_argument("--detect-every", type=int, default=1, help="our face detection every K frames (keyframe tracking)")
     edit.add_argument("--work", type=Path, default=Path("/tmp/dva-benchmark"), help="where the outputs go")
     edit.add_argument("--role", choices=("reference", "ours"), help=argparse.SUPPRESS)
     edit.add_argument("--out", type=Path, help=argparse.SUPPRESS)
