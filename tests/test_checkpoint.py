@@ -86,15 +86,15 @@ def test_no_code_runs_while_loading(tmp_path):
 
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"ema_model.x": torch.ones(1)}, "payload": Exploit()}, path)
-    loaded = load_pickled(path, what="test")
+    with pytest.raises(ModelFileError, match=r"evil.ckpt contains (posix|nt).system \(a Python object"):
+        load_pickled(path, what="test")
     assert not marker.exists()
-    assert "posix.system" in repr(loaded["payload"]) or "nt.system" in repr(loaded["payload"])
 
 
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty"),
     (b"PK\x03\x04 definitely not a zip", "could not be read"),
-    (pickle.dumps({"hello": "world"}), "could not be read|not a Diffusion Video Autoencoder|no UNet"),
+    (pickle.dumps({"hello": "world"}), "is a pickle but not a PyTorch file"),
 ])
 def test_bad_files_give_one_sentence(tmp_path, content, message):
     path = tmp_path / "bad.ckpt"
@@ -140,7 +140,8 @@ def test_wrong_shape_is_named(tmp_path, tiny_model):
         load_model(path)
 
 
-def test_released_encoder_files_replace_the_checkpoints(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])  # the 2018-19 files predate the zip
+def test_released_encoder_files_replace_the_checkpoints(tmp_path, tiny_checkpoint, zip_format):
     other = make_tiny_model(seed=9).encoder
     from dva_model.nets import face_encoder
 
@@ -151,7 +152,7 @@ def test_released_encoder_files_replace_the_checkpoints(tmp_path, tiny_checkpoin
         ("79999_iter.pth", other.bgnet, face_encoder.bgnet_file_state),
     ):
         files[name] = tmp_path / name
-        torch.save(to_file(module.state_dict()), files[name])
+        torch.save(to_file(module.state_dict()), files[name], _use_new_zipfile_serialization=zip_format)
     model = load_model(tiny_checkpoint, encoder_files=EncoderFiles(
         identity=files["model_ir_se50.pth"], landmarks=files["mobilenet_224_model_best_gdconv_external.pth.tar"],
         parser=files["79999_iter.pth"]))

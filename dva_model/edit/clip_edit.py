@@ -359,8 +359,10 @@ def load_delta(path: PathLike) -> IdentityDelta:
         raise UserError(f"{path} is not a DVA identity delta (format {metadata.get('format')!r}, "
                         f"expected {DELTA_FORMAT}).")
     try:
+        info = json.loads(metadata.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError("its info metadata is not an object")
         return IdentityDelta(delta=tensors["delta"].float(), source_text=metadata.get("source_text", ""),
-                             target_text=metadata.get("target_text", ""),
-                             info=json.loads(metadata.get("info", "{}")))
-    except ValueError as error:
+                             target_text=metadata.get("target_text", ""), info=info)
+    except (ValueError, TypeError) as error:
         raise UserError(f"{path} is a damaged identity delta ({error}).") from error

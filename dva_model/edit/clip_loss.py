@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dva_model.errors import ModelFileError
+from dva_model.formats.files import read_safetensors
+from dva_model.formats.safe_pickle import load_pickled, read_torchscript_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -188,26 +190,22 @@ def download_clip_weights() -> Path:
 
 def read_clip_state(path: PathLike) -> Dict[str, Tensor]:
     """The state dict of a CLIP weight file: OpenAI's TorchScript ``.pt``, an open_clip ``.safetensors``,
-    or a ``.bin`` / ``.pt`` state dict (read with ``weights_only=True``)."""
+    or a ``.bin`` / ``.pt`` state dict; nothing in the file runs (``safe_pickle``)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"The CLIP weight file {path} does not exist; pass the OpenAI ViT-B-16.pt file.")
+    what = "The CLIP weight file"
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path, what="CLIP weight file", error=ModelFileError)[0]
     if _is_torchscript(path):
-        # OpenAI's archive: TorchScript deserialisation builds tensors and code objects but runs nothing here.
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as error:
-        raise ModelFileError(f"{path} is not a readable CLIP weight file ({error}).") from error
+        # OpenAI's archive: only its tensors are read; torch.jit.load would run the archive's code.
+        return read_torchscript_tensors(path, what=what)
+    loaded = load_pickled(path, what=what)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise ModelFileError(f"{path} holds a {type(loaded).__name__}, not a CLIP state dict.")
-    return {key.removeprefix("module."): value for key, value in loaded.items()}
+    if not isinstance(loaded, dict) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise ModelFileError(f"{path} holds a {type(loaded).__name__} of other things, not a CLIP state dict.")
+    return {str(key).removeprefix("module."): value for key, value in loaded.items()}
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -271,7 +269,13 @@ def load_clip(weights: Optional[PathLike] = None, *, device: Union[str, torch.de
             f"{HF_CACHE_REPO}); pass the OpenAI ViT-B-16.pt file, or fetch it with "
             "`python -m dva_model download --what clip`."
         )
-    return build_clip(read_clip_state(path)).to(device)
+    try:
+        model = build_clip(read_clip_state(path))
+    except ModelFileError as error:
+        if str(path) in str(error):
+            raise
+        raise ModelFileError(f"{path}: {error}") from error
+    return model.to(device)
 
 
 def clip_loss_for(clip_model: nn.Module) -> ClipDirectionalLoss:

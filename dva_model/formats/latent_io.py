@@ -71,10 +71,14 @@ def load_latent(path: Union[str, Path]) -> Latent:
     if metadata.get("format") != LATENT_FORMAT:
         raise UserError(f"{path} is not a DVA latent file (format {metadata.get('format')!r}, expected {LATENT_FORMAT}).")
     try:
+        frame_names = json.loads(metadata.get("frame_names", "[]"))
+        if not isinstance(frame_names, list) or not all(isinstance(name, str) for name in frame_names):
+            raise ValueError("frame_names is not a list of names")
+        if tensors["x_T"].ndim != 4 or tensors["x_T"].shape[1] != 3:
+            raise ValueError(f"x_T is {tuple(tensors['x_T'].shape)}, not [N, 3, H, W]")
         return Latent(
             z_id=tensors["z_id"], z_lnd=tensors["z_lnd"], x_T=tensors["x_T"], identity=tensors["identity"],
-            steps=int(metadata["steps"]), model_id=metadata.get("model_id", ""),
-            frame_names=tuple(json.loads(metadata.get("frame_names", "[]"))),
+            steps=int(metadata["steps"]), model_id=metadata.get("model_id", ""), frame_names=tuple(frame_names),
         )
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, TypeError) as error:
         raise UserError(f"{path} is an incomplete DVA latent file ({error}).") from error

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from dva_model.nets.bisenet import foreground_mask
 from dva_model.formats.files import write_atomically
+from dva_model.formats.safe_pickle import load_pickled
 from dva_model.constants import TRAINING_MASK_EXCLUDED
 from dva_model.errors import UserError
 from dva_model.nets.face_encoder import FaceEncoder
@@ -341,7 +342,7 @@ def load_training_state(path: Path) -> Dict[str, Any]:
         raise FileNotFoundError(
             f"No training state at {path}; start without --resume or point --out at the run folder."
         )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which file and why
-        raise UserError(f"{path} is not a readable DVA training state ({error}).") from error
+    state = load_pickled(path, what="The training state")
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a DVA training state.")
+    return state
