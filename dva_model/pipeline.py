@@ -15,17 +15,22 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from dva_model.face.align import AlignConfig, align_frames, compute_quads, inverse_coefficients
 from dva_model.edit.classifier import EditNorm
+from dva_model.edit.identity import IdentityEdit, compose_identity_edits, identity_edits
 from dva_model.errors import UserError
-from dva_model.face.landmarks import FaceLandmarker, FaceTrack, TrackConfig, track_faces
-from dva_model.face.paste import PasteConfig, build_masks, paste_back
-from dva_model.progress import ProgressCallback, report
+from dva_model.face.landmarks import FaceLandmarker
+from dva_model.face.tracking import FaceTrack, TrackConfig, track_faces
+from dva_model.face.paste import PasteConfig, build_masks, crop_rows, paste_frames
+from dva_model.progress import ProgressCallback, StageProgress, report
+from dva_model.progress import no_progress as _no_progress
+from dva_model.diffusion import ddim_invert, ddim_sample
+from dva_model.model import batches, mean_identity
 from dva_model.formats.video import (
     DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, iter_frames, probe,
 )
@@ -33,14 +38,8 @@ from dva_model.formats.video import (
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-# Progress per stage: ``stage_progress("faces")`` returns the callback for that stage (or None).
-StageProgress = Callable[[str], Optional[ProgressCallback]]
 ALIGNMENT_FORMAT = "dva-alignment/1"
 DEFAULT_STEPS = 100  # the release uses 1000
-
-
-def _no_progress(_stage: str) -> Optional[ProgressCallback]:
-    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +222,11 @@ class EditConfig:
     lossless: bool = False
     crf: int = DEFAULT_CRF
 
+    def identity_edits(self, classifier=None) -> tuple[IdentityEdit, ...]:
+        """``deltas`` then ``edits`` (on ``classifier``) as one edit sequence; refuses attribute edits
+        without a classifier."""
+        return identity_edits(deltas=self.deltas, attributes=self.edits, classifier=classifier, norm=self.edit_norm)
+
     def __post_init__(self) -> None:
         if self.steps < 2:
             raise ValueError(f"steps must be at least 2 for DDIM inversion, got {self.steps}.")
@@ -240,27 +244,6 @@ class EditResult:
     untouched: tuple[tuple[int, int], ...]  # inclusive source frame ranges without a face
 
 
-def edited_identity(z_id: torch.Tensor, classifier, config: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clip identity (mean of z_id [M, 512] -> [512]) and its version edited by ``config.deltas``
-    (CLIP identity deltas, first) and ``config.edits`` (attribute directions)."""
-    from dva_model.model import mean_identity
-
-    identity = mean_identity(z_id)
-    if not config.edits and not config.deltas:
-        return identity, identity
-    if config.edits and classifier is None:
-        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
-    from dva_model.edit.clip_edit import combine_edits
-
-    return identity, combine_edits(identity, deltas=config.deltas, classifier=classifier, attributes=config.edits,
-                                   norm=config.edit_norm)
-
-
-def _chunked(count: int, size: int):
-    for start in range(0, count, size):
-        yield slice(start, min(start + size, count))
-
-
 def reconstruct_crops(
     model, crops: torch.Tensor, z_lnd: torch.Tensor, identity: torch.Tensor, target: torch.Tensor, *,
     config: EditConfig, callback: Optional[ProgressCallback] = None,
@@ -270,9 +253,9 @@ def reconstruct_crops(
     crops: [M, 3, S, S] in [-1, 1] (CPU); z_lnd: [M, 102]; identity, target: [512].
     Returns the decoded crops [M, 3, S, S] float32 in [-1, 1] on the CPU.
     """
-    calls_per_frame_batch = 2 * config.steps - 1  # S - 1 inversion calls + S decoding calls
+    calls_per_frame_batch = ddim_invert.model_calls(config.steps) + ddim_sample.model_calls(config.steps)
     total = calls_per_frame_batch * sum(-(-(s.stop - s.start) // config.batch_size)
-                                        for s in _chunked(len(crops), config.chunk_frames))
+                                        for s in batches(len(crops), config.chunk_frames))
     done = 0
 
     def step(_done: int, _total: int) -> None:
@@ -281,7 +264,7 @@ def reconstruct_crops(
         report(callback, done, total)
 
     out = []
-    for part in _chunked(len(crops), config.chunk_frames):
+    for part in batches(len(crops), config.chunk_frames):
         x_T = model.invert(crops[part], identity, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
         decoded = model.decode(x_T, target, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
         out.append(decoded.float().cpu())
@@ -302,8 +285,7 @@ def write_pasted(
 ) -> Path:
     """Third pass: decode the frames again, paste the edited crops, encode to ``out_path`` with audio."""
     info, indices = clip.info, clip.indices
-    row_of_face = np.full(len(indices), -1)
-    row_of_face[clip.face_rows] = np.arange(len(clip.face_rows))  # frame position -> crop row
+    rows = crop_rows(clip.has_face)
     window = audio_window(info, indices)
     with VideoWriter(out_path, fps=info.fps / selection.stride, width=info.width, height=info.height,
                      audio_from=path if info.has_audio else None, audio_window_s=window,
@@ -313,13 +295,8 @@ def write_pasted(
             positions = np.arange(done, done + len(chunk_indices))
             if positions[-1] >= len(indices):
                 break  # more frames than the aligned pass saw (a file that changed): stop at its count
-            rows = row_of_face[positions]
-            face = rows >= 0
-            crops_rows = torch.as_tensor(np.where(face, rows, 0))
-            source = clip.crops[crops_rows] if config.paste.composite == "release" else None
-            pasted = paste_back(frames, edited[crops_rows], masks[crops_rows],
-                                np.where(face[:, None, None], clip.quads[positions], 0.0),
-                                source=source, has_face=face, composite=config.paste.composite)
+            pasted, _ = paste_frames(frames, positions, rows, edited, masks, clip.quads, crops=clip.crops,
+                                     composite=config.paste.composite)
             writer.write(pasted)
             done += len(chunk_indices)
             report(callback, done, len(indices))
@@ -343,10 +320,10 @@ def edit_clip(
     """
     if clip.config.size != model.image_size:
         raise UserError(f"The model works on {model.image_size}px crops but the alignment made {clip.config.size}px ones.")
-    if config.edits and classifier is None:
-        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
+    edits = config.identity_edits(classifier)
     z_id, z_lnd = model.encode_features(clip.crops, batch_size=config.batch_size, callback=stage_progress("encode"))
-    identity, target = edited_identity(z_id, classifier, config)
+    identity = mean_identity(z_id)
+    target = compose_identity_edits(identity, edits)
     edited = reconstruct_crops(model, clip.crops, z_lnd, identity, target, config=config,
                                callback=stage_progress("invert+decode"))
     frame_numbers = [clip.indices[row] for row in clip.face_rows]
@@ -387,8 +364,7 @@ def edit_video(
     no partial file is left at ``out_path`` on any error.
     """
     check_output_path(path, out_path)
-    if config.edits and classifier is None:
-        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
+    config.identity_edits(classifier)  # refuses attribute edits without a classifier before any work
     device = next(model.parameters()).device
     clip = align_video(path, landmarker, selection=selection, align=align, track=track,
                        chunk_size=config.chunk_frames, device=device, stage_progress=stage_progress)

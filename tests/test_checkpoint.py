@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_model, tiny_dva_config, write_release_checkpoint
-from dva_model.formats.checkpoint import (EncoderFiles, load_model, read_model_state, release_state_from_model,
-                                  save_model)
+from dva_model.formats.checkpoint import EncoderFiles, load_model, read_model_state, save_model
+from dva_model.formats.release_keys import release_state_from_model
 from dva_model.cli.main import main as cli_main
 from dva_model.errors import ModelFileError
 from dva_model.model import DVAConfig
@@ -143,13 +143,13 @@ def test_wrong_shape_is_named(tmp_path, tiny_model):
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])  # the 2018-19 files predate the zip
 def test_released_encoder_files_replace_the_checkpoints(tmp_path, tiny_checkpoint, zip_format):
     other = make_tiny_model(seed=9).encoder
-    from dva_model.nets import face_encoder
+    from dva_model.formats import release_keys
 
     files = {}
     for name, module, to_file in (
-        ("model_ir_se50.pth", other.idnet, face_encoder.idnet_file_state),
-        ("mobilenet_224_model_best_gdconv_external.pth.tar", other.lndnet, face_encoder.lndnet_file_state),
-        ("79999_iter.pth", other.bgnet, face_encoder.bgnet_file_state),
+        ("model_ir_se50.pth", other.idnet, release_keys.idnet_file_state),
+        ("mobilenet_224_model_best_gdconv_external.pth.tar", other.lndnet, release_keys.lndnet_file_state),
+        ("79999_iter.pth", other.bgnet, release_keys.bgnet_file_state),
     ):
         files[name] = tmp_path / name
         torch.save(to_file(module.state_dict()), files[name], _use_new_zipfile_serialization=zip_format)

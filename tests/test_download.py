@@ -274,7 +274,8 @@ def test_clip_comes_through_open_clip_into_its_cache(tmp_path, drive):
     """open_clip -> huggingface_hub -> the stand-in hub (HF_ENDPOINT), in a fresh process."""
     from safetensors.torch import save_file
 
-    from dva_model.edit.clip_loss import CLIP_MANIFEST_KEY, HF_CACHE_REPO, load_clip
+    from dva_model.edit.clip_loss import load_clip
+    from dva_model.formats.clip_weights import CLIP_MANIFEST_KEY, HF_CACHE_REPO
     from test_clip_edit import tiny_clip
 
     state = tiny_clip(seed=5).state_dict()

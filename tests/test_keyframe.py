@@ -6,7 +6,8 @@ import torch
 
 from media import decoded_frames, dlib_landmarker, dlib_track
 from dva_model.face.keyframe import box_iou, keyframe_landmarker, landmark_box
-from dva_model.face.landmarks import FaceLandmarker, TrackConfig, track_faces
+from dva_model.face.landmarks import FaceLandmarker
+from dva_model.face.tracking import TrackConfig, track_faces
 
 FRAMES = 16
 

@@ -27,14 +27,12 @@ from pathlib import Path
 import torch
 
 from dva_model.formats.checkpoint import load_model
+from dva_model.constants import PRECISIONS
 from dva_model.model import DVAConfig, DVAModel, mean_identity
 from dva_model.nets.unet import UNetConfig
 from dva_model.testing import randomize_, tiny_unet_config
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REFERENCE_BATCH = 4  # the release's --batch_size
-STAGE_ORDER = ("decode video", "detect", "align/warp", "encode", "edit", "invert", "decode", "parse", "paste",
-               "write")
 
 
 def sync(device: str) -> None:

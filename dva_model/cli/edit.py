@@ -9,8 +9,8 @@ from dva_model.cli.align import add_face_options, add_video_options, landmarker_
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
                                        load_model_from_args)
 from dva_model.errors import UserError
-from dva_model.face.landmarks import TrackConfig
-from dva_model.face.paste import MASK_PRESETS, PasteConfig
+from dva_model.face.tracking import TrackConfig
+from dva_model.face.paste import COMPOSITES, MASK_PRESETS, PasteConfig
 from dva_model.pipeline import DEFAULT_STEPS, EditConfig, align_video, check_output_path, edit_clip
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.formats.video import DEFAULT_CRF
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dilate", type=int, default=0, help="grow the mask by N crop pixels")
     parser.add_argument("--feather", type=float, default=0.0, help="soften the mask edge (Gaussian sigma, crop pixels)")
     parser.add_argument("--mask-temporal", type=float, default=0.0, help="smooth the mask over time (sigma, frames)")
-    parser.add_argument("--composite", choices=("frame", "release"), default="frame",
+    parser.add_argument("--composite", choices=COMPOSITES, default=COMPOSITES[0],
                         help="frame: blend at full resolution (only masked pixels change); release: paste the whole square")
     parser.add_argument("--lossless", action="store_true", help="exact RGB output (libx264rgb, large files)")
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help=f"x264 quality (default {DEFAULT_CRF})")

@@ -23,7 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from dva_model.face.landmarks import FaceLandmarker, choose_face
+from dva_model.face.landmarks import FaceLandmarker
+from dva_model.face.tracking import choose_face
 
 log = logging.getLogger(__name__)
 

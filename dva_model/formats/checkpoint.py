@@ -24,19 +24,18 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from dva_model.nets import face_encoder
 from dva_model.errors import ModelFileError
 from dva_model.formats.files import read_safetensors, write_safetensors
 from dva_model.model import DVAConfig, DVAModel
+from dva_model.formats.release_keys import (
+    bgnet_state_from_file, idnet_state_from_file, lightning_weights, lndnet_state_from_file, model_state_from_release,
+)
 from dva_model.formats.safe_pickle import load_pickled
 from dva_model.nets.unet import UNetConfig
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-RELEASE_EMA_PREFIX = "ema_model."
-RELEASE_TRAIN_PREFIX = "model."
-RELEASE_ENCODER_PREFIX = "encoder."
 SAFETENSORS_FORMAT = "dva-model/1"
 RELEASE_URL = "https://github.com/gmkim-ai/Diffusion-Video-Autoencoders (checkpoints/diffusion_video_autoencoder)"
 
@@ -102,49 +101,12 @@ def read_model_state(path: Path) -> "tuple[Dict[str, Tensor], UNetConfig]":
         raise ModelFileError(f"{path} holds a {type(checkpoint).__name__}, not a DVA checkpoint dictionary.")
     hparams = checkpoint.get("hyper_parameters")
     if "state_dict" in checkpoint:
-        release = _lightning_weights(checkpoint["state_dict"], path)
+        release = lightning_weights(checkpoint["state_dict"], path)
     else:
         release = dict(checkpoint)
     state = model_state_from_release(release, path)
     config = _unet_config(state, hparams, path)
     return state, config
-
-
-def _lightning_weights(state_dict: Mapping[str, Any], path: Path) -> Dict[str, Tensor]:
-    """The EMA weights of a Lightning checkpoint, unprefixed."""
-    ema = {k[len(RELEASE_EMA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(RELEASE_EMA_PREFIX)}
-    if ema:
-        return ema
-    trained = {k[len(RELEASE_TRAIN_PREFIX):]: v for k, v in state_dict.items() if k.startswith(RELEASE_TRAIN_PREFIX)}
-    if trained:
-        log.warning("%s has no ema_model.* weights; using the raw model.* weights instead.", path)
-        return trained
-    raise ModelFileError(
-        f"{path} is a Lightning checkpoint without ema_model.* or model.* weights "
-        f"(first keys: {', '.join(list(state_dict)[:3])}); is it the classifier checkpoint?"
-    )
-
-
-def model_state_from_release(release: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
-    """Map the release's keys onto ``DVAModel``'s: ``encoder.*`` via the face encoder, the rest under ``unet.``."""
-    unet, encoder = {}, {}
-    for key, value in release.items():
-        if not isinstance(value, Tensor):
-            raise ModelFileError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
-        if key.startswith(RELEASE_ENCODER_PREFIX):
-            encoder[key[len(RELEASE_ENCODER_PREFIX):]] = value
-        else:
-            unet[key] = value
-    if not unet or not encoder:
-        missing = "UNet (input_blocks.*...)" if not unet else "face encoder (encoder.*)"
-        raise ModelFileError(f"{path} has no {missing} weights; it is not a Diffusion Video Autoencoder checkpoint.")
-    try:
-        encoder = face_encoder.encoder_state_from_release(encoder)
-    except ValueError as error:
-        raise ModelFileError(f"{path}: {error}") from error
-    state = {f"unet.{k}": v for k, v in unet.items()}
-    state.update({f"encoder.{k}": v for k, v in encoder.items()})
-    return state
 
 
 def _unet_config(state: Mapping[str, Tensor], hparams: Any, path: Path) -> UNetConfig:
@@ -243,10 +205,10 @@ def _check_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], p
 def load_encoder_files(model: DVAModel, files: EncoderFiles) -> None:
     """Load the released stand-alone encoder files (those given) over ``model``'s encoders, in place."""
     targets = (
-        (files.identity, model.encoder.idnet, face_encoder.idnet_state_from_file, "model_ir_se50.pth"),
-        (files.landmarks, model.encoder.lndnet, face_encoder.lndnet_state_from_file,
+        (files.identity, model.encoder.idnet, idnet_state_from_file, "model_ir_se50.pth"),
+        (files.landmarks, model.encoder.lndnet, lndnet_state_from_file,
          "mobilenet_224_model_best_gdconv_external.pth.tar"),
-        (files.parser, model.encoder.bgnet, face_encoder.bgnet_state_from_file, "79999_iter.pth"),
+        (files.parser, model.encoder.bgnet, bgnet_state_from_file, "79999_iter.pth"),
     )
     for file, module, convert, release_name in targets:
         if file is None:
@@ -265,12 +227,3 @@ def save_model(path: PathLike, model: DVAModel, *, dtype: Optional[torch.dtype] 
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "unet_config": json.dumps(dataclasses.asdict(model.config.unet))}
     return write_safetensors(path, state, metadata)
-
-
-def release_state_from_model(model: DVAModel) -> Dict[str, Tensor]:
-    """The inverse mapping: ``model``'s weights in the release's key layout (for tests and exports)."""
-    state = model.state_dict()
-    release = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    release.update({f"encoder.{k}": v for k, v in face_encoder.release_state_from_encoder(encoder).items()})
-    return release

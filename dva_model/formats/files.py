@@ -1,8 +1,9 @@
-"""Writing files safely and reading .safetensors files with one-sentence errors."""
+"""Writing files safely, reading .safetensors files with one-sentence errors, and file fingerprints."""
 
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple, Type, Union
 
@@ -98,3 +99,32 @@ def _check_safetensors_header(path: Path, what: str, error: Type[UserError]) -> 
         claimed += offsets[1] - offsets[0]
     if claimed > size - 8 - length:
         raise refuse(f"its tensors claim {claimed:,} bytes but the file holds {size - 8 - length:,}")
+
+
+@dataclass(frozen=True)
+class FileFingerprint:
+    """Who a file is, cheaply (no hashing): the name it was opened by, its resolved path, size and mtime.
+
+    ``model_id`` ("name:size") is what latents record to catch a model mix-up (stable across copies);
+    ``str()`` adds the path and modification time, for caches and change detection.
+    """
+
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def model_id(self) -> str:
+        """"name:size", the model identity stored in latent files (format ``dva-latent/1``)."""
+        return f"{self.name}:{self.size}"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.size}:{self.mtime_ns}"
+
+
+def file_fingerprint(path: PathLike) -> FileFingerprint:
+    """The fingerprint of the existing file ``path`` (one ``stat``)."""
+    path = Path(path)
+    stat = path.stat()
+    return FileFingerprint(name=path.name, path=str(path.resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns)

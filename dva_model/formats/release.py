@@ -158,7 +158,7 @@ _VERIFIERS = {CLASSIFIER.name: _verify_classifier, LATENT_STATS.name: _verify_la
 
 def _fetch_clip() -> Dict[str, dict]:
     """OpenAI's CLIP ViT-B/16 through open_clip's own download, into open_clip's cache."""
-    from dva_model.edit.clip_loss import CLIP_MANIFEST_KEY, download_clip_weights, find_cached_clip_weights
+    from dva_model.formats.clip_weights import CLIP_MANIFEST_KEY, download_clip_weights, find_cached_clip_weights
 
     path = find_cached_clip_weights()
     source = "already present"

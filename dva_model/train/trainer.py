@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from dva_model.nets.bisenet import foreground_mask
 from dva_model.formats.files import write_atomically
 from dva_model.formats.safe_pickle import load_pickled
-from dva_model.constants import TRAINING_MASK_EXCLUDED
+from dva_model.constants import PRECISIONS, TRAINING_MASK_EXCLUDED, Precision
 from dva_model.errors import UserError
 from dva_model.nets.face_encoder import FaceEncoder
 from dva_model.model import DVAModel
@@ -42,8 +42,7 @@ from dva_model.train.loss import LossTerms, draw_noise, dva_loss
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "bf16"]
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+AUTOCAST_DTYPES = {name: dtype for name, dtype in PRECISIONS.items() if name != "fp32"}  # fp32 runs without autocast
 TRAIN_STATE_FORMAT = "dva-train-state/1"
 TRAINABLE_PREFIXES = ("unet.", "encoder.linear.")  # everything else (ArcFace, landmark net, parser) is frozen
 RATE_WINDOW = 20  # steps averaged for frames/s and the ETA
