@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -32,7 +33,8 @@ from dva_model.progress import no_progress as _no_progress
 from dva_model.diffusion import ddim_invert, ddim_sample
 from dva_model.model import batches, mean_identity
 from dva_model.formats.video import (
-    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, iter_frames, probe,
+    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, MAX_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, frame_times, iter_frames,
+    probe,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ def find_faces(
     info = probe(path)
     indices = selection.indices(info.frame_count)
     chunks = (frames.numpy() for _, frames in iter_frames(path, selection=selection, chunk_size=chunk_size, dtype=torch.uint8))
-    face_track = track_faces(chunks, landmarker, config=track, total=len(indices), callback=callback, source=str(path))
+    face_track = track_faces(chunks, landmarker, config=track, total=len(indices), callback=callback, source=str(path),
+                             frame_numbers=indices)
     return info, indices, face_track
 
 
@@ -178,6 +181,7 @@ def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[st
         "video": str(clip.info.path),
         "width": clip.info.width, "height": clip.info.height,
         "fps": str(clip.info.fps), "frame_count": clip.info.frame_count,
+        "rotation": clip.info.rotation,  # the source's display rotation; sizes and points are upright
         "crop_size": clip.config.size, "method": clip.config.method,
         "sigma_centre": clip.config.sigma_centre, "sigma_axes": clip.config.sigma_axes,
         "frames": frames,
@@ -228,10 +232,18 @@ class EditConfig:
         return identity_edits(deltas=self.deltas, attributes=self.edits, classifier=classifier, norm=self.edit_norm)
 
     def __post_init__(self) -> None:
+        from dva_model.diffusion.schedule import respaced_timesteps
+
         if self.steps < 2:
             raise ValueError(f"steps must be at least 2 for DDIM inversion, got {self.steps}.")
+        respaced_timesteps(self.steps)  # a count the release's respacing cannot make fails before alignment
         if self.chunk_frames < 1 or self.batch_size < 1:
             raise ValueError("chunk_frames and batch_size must be at least 1.")
+        if not 0 <= self.crf <= MAX_CRF:
+            raise ValueError(f"crf must be 0-{MAX_CRF} (x264's range), got {self.crf}.")
+        for _, scale in self.edits + self.deltas:
+            if not math.isfinite(scale):
+                raise ValueError(f"Edit scales must be finite numbers, got {scale}.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,7 +298,8 @@ def write_pasted(
     """Third pass: decode the frames again, paste the edited crops, encode to ``out_path`` with audio."""
     info, indices = clip.info, clip.indices
     rows = crop_rows(clip.has_face)
-    window = audio_window(info, indices)
+    times = frame_times(path)  # [frame_count] seconds: output timing and audio follow the source's clock
+    window = audio_window(info, indices, times)
     with VideoWriter(out_path, fps=info.fps / selection.stride, width=info.width, height=info.height,
                      audio_from=path if info.has_audio else None, audio_window_s=window,
                      crf=config.crf, lossless=config.lossless) as writer:
@@ -297,7 +310,7 @@ def write_pasted(
                 break  # more frames than the aligned pass saw (a file that changed): stop at its count
             pasted, _ = paste_frames(frames, positions, rows, edited, masks, clip.quads, crops=clip.crops,
                                      composite=config.paste.composite)
-            writer.write(pasted)
+            writer.write(pasted, times=times[np.asarray(chunk_indices)])
             done += len(chunk_indices)
             report(callback, done, len(indices))
     return Path(out_path)
@@ -335,12 +348,14 @@ def edit_clip(
 
 
 def check_output_path(path: PathLike, out_path: PathLike) -> None:
-    """Refuse an output that would overwrite the input or land in a missing folder (before any work)."""
+    """Refuse, before any work, an output that would overwrite the input video or cannot be written
+    (a folder, a missing, read-only or full folder: ``check_writable_file``)."""
+    from dva_model.formats.files import check_writable_file
+
     out = Path(out_path)
     if out.resolve() == Path(path).resolve():
         raise UserError(f"The output {out} would overwrite the input video; choose another file name.")
-    if not out.parent.is_dir():
-        raise UserError(f"The output folder {out.parent} does not exist; create it first.")
+    check_writable_file(out, what="the output video")
 
 
 def edit_video(

@@ -79,7 +79,8 @@ class DVAAttributeEdit:
     @classmethod
     def execute(cls, identity, classifier, attribute, scale, norm, custom_attribute=""):
         name = custom_attribute.strip() or attribute
-        classifier.index(name)  # an unknown name fails here, naming the known ones
+        # An unknown name, a NaN scale or a damaged (non-finite) direction fails here in one sentence.
+        classifier.check_edits([(name, float(scale))])
         from dva_model.edit.identity import AttributeEdit
 
         step = AttributeEdit(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])

@@ -39,8 +39,22 @@ class DVAEncode:
         }}
 
     @classmethod
+    def VALIDATE_INPUTS(cls, steps):
+        """A step count the release's respacing cannot make is refused before the graph runs (HTTP 400)."""
+        from dva_model.diffusion.schedule import respaced_timesteps
+
+        try:
+            respaced_timesteps(int(steps))
+        except (TypeError, ValueError) as error:
+            return str(error)
+        return True
+
+    @classmethod
     def execute(cls, model, faces, steps, frames_per_call):
+        from dva_model.diffusion.schedule import respaced_timesteps
         from dva_model.encoding import encode_clip
+
+        respaced_timesteps(steps)  # also when called directly: one sentence before any network runs
 
         batch, callback = model.frames_per_call(frames_per_call), progress_callback()
         dva = model.acquire(frames_per_call=batch)

@@ -96,3 +96,43 @@ def dlib_track(name: str, count: int):
 
     frames = (decoded_frames(name, count) * 255).round().to(torch.uint8).numpy()
     return track_faces([frames], dlib_landmarker(), source=name)
+
+
+def encode_clip(path: Path, frames, *, times=None, rotation: int = 0, audio_from: Path = None, fps: int = 30,
+                lossless: bool = False) -> Path:
+    """Encode uint8 frames [N, H, W, 3] with PyAV the way cameras do, for tests of awkward real videos.
+
+    ``rotation``: degrees counter-clockwise written as the stream's display matrix (a phone held upright
+    stores sideways frames plus this matrix); the frames are stored turned the other way, so a reader that
+    honours the matrix sees ``frames`` again. ``times``: each frame's timestamp in seconds (variable frame
+    rate); default ``index / fps``. ``audio_from``: a clip whose audio packets are copied in unchanged.
+    """
+    import av
+    import numpy as np
+    from fractions import Fraction
+
+    time_base = Fraction(1, 90_000)
+    stored = [np.ascontiguousarray(np.rot90(f, k=-(rotation // 90))) for f in np.asarray(frames)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb" if lossless else "libx264", rate=fps)
+        stream.height, stream.width = stored[0].shape[:2]
+        stream.pix_fmt = "rgb24" if lossless else "yuv420p"
+        stream.options = {"qp": "0"} if lossless else {}
+        stream.codec_context.time_base = time_base
+        if rotation:
+            stream.set_display_rotation(rotation)
+        audio_in = av.open(str(audio_from)) if audio_from is not None else None
+        audio_out = container.add_stream_from_template(audio_in.streams.audio[0]) if audio_in else None
+        for index, image in enumerate(stored):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            seconds = index / fps if times is None else times[index]
+            frame.pts, frame.time_base = round(seconds / time_base), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if audio_in is not None:
+            for packet in audio_in.demux(audio_in.streams.audio[0]):
+                if packet.dts is not None:
+                    packet.stream = audio_out
+                    container.mux(packet)
+            audio_in.close()
+    return path

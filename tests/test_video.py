@@ -78,12 +78,6 @@ def test_default_h264_output_is_close_to_the_input(tmp_path):
     assert (again - frames).abs().mean() * 255 < 3.0
 
 
-def test_odd_frame_size_is_kept(tmp_path):
-    frames = torch.rand(3, 33, 47, 3)
-    again, info = read_frames(write_video(tmp_path / "odd.mp4", frames, fps=Fraction(25)))
-    assert (info.width, info.height, info.frame_count) == (47, 33, 3)
-
-
 def test_audio_window_trims_to_the_selected_frames(tmp_path):
     frames = decoded_frames("single_face.mp4", 24)
     with VideoWriter(tmp_path / "cut.mp4", fps=Fraction(30), width=640, height=360,

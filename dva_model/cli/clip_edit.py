@@ -16,7 +16,9 @@ from dva_model.edit.identity import DEFAULT_SCALE, DeltaEdit, compose_identity_e
 from dva_model.cli.align import add_face_options, landmarker_from_args
 from dva_model.cli.common import add_attribute_options, add_model_options, identity_edits_from_args, load_model_from_args
 from dva_model.errors import UserError
+from dva_model.cli.options import ddim_steps, finite_float
 from dva_model.cli.progress_bar import terminal_progress
+from dva_model.formats.files import check_writable_file, check_writable_folder
 from dva_model.formats.video import FrameSelection
 
 log = logging.getLogger(__name__)
@@ -45,16 +47,16 @@ def add_parser(subparsers) -> None:
                         help="download OpenAI's ViT-B/16 through open_clip when no local copy exists")
     parser.add_argument("--reference-frame", type=int, default=0, help="frame the edit is learnt on (default 0)")
     parser.add_argument("--iterations", type=int, default=DEFAULTS.iterations, help="Adam iterations (release 2000)")
-    parser.add_argument("--lr", type=float, default=DEFAULTS.learning_rate, help="Adam learning rate (release 0.002)")
-    parser.add_argument("--clip-weight", type=float, default=DEFAULTS.clip_weight, help="CLIP loss weight (README 3)")
-    parser.add_argument("--id-weight", type=float, default=DEFAULTS.identity_weight,
+    parser.add_argument("--lr", type=finite_float, default=DEFAULTS.learning_rate, help="Adam learning rate (release 0.002)")
+    parser.add_argument("--clip-weight", type=finite_float, default=DEFAULTS.clip_weight, help="CLIP loss weight (README 3)")
+    parser.add_argument("--id-weight", type=finite_float, default=DEFAULTS.identity_weight,
                         help="identity loss weight (README 1)")
-    parser.add_argument("--l1-weight", type=float, default=DEFAULTS.l1_weight, help="masked L1 weight (README 5)")
-    parser.add_argument("--scale", type=float, default=DEFAULT_SCALE,
+    parser.add_argument("--l1-weight", type=finite_float, default=DEFAULTS.l1_weight, help="masked L1 weight (README 5)")
+    parser.add_argument("--scale", type=finite_float, default=DEFAULT_SCALE,
                         help=f"strength when rendering: z_id + scale * delta (README {DEFAULT_SCALE})")
     parser.add_argument("--decode-out", type=Path, help="also write the edited crops as PNG here")
     parser.add_argument("--edited-video", type=Path, help="with --video: also write the edited video (.mp4)")
-    parser.add_argument("--steps", type=int, default=100,
+    parser.add_argument("--steps", type=ddim_steps, default=100,
                         help="DDIM steps to render crops or video (release 1000; a latent keeps its own)")
     add_attribute_options(parser, after=" applied after the delta when rendering")
     parser.add_argument("--start", type=int, default=0, help="with --video: first frame to use")
@@ -86,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         from dva_model.pipeline import check_output_path
 
         check_output_path(args.video, args.edited_video)
+    check_writable_file(args.out, what="the identity delta")
+    if args.decode_out is not None:
+        check_writable_folder(args.decode_out, what="the decoded crops folder")
     config = ClipEditConfig(source_text=args.source, target_text=args.target, iterations=args.iterations,
                             learning_rate=args.lr, clip_weight=args.clip_weight, identity_weight=args.id_weight,
                             l1_weight=args.l1_weight)

@@ -1,6 +1,7 @@
 """Options and helpers shared by the model-using CLI commands."""
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -14,6 +15,7 @@ from dva_model.edit.identity import DEFAULT_SCALE, NORMS, IdentityEdit, identity
 from dva_model.errors import UserError
 from dva_model.constants import PRECISIONS
 from dva_model.model import DVAModel
+from dva_model.cli.options import positive_int
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                         help="UNet precision (GroupNorm stays fp32; encoders always fp32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="frames per UNet call")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="frames per UNet call")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the UNet in channels-last memory order (faster convolutions on most devices)")
     parser.add_argument("--compile", action="store_true",
@@ -91,6 +93,11 @@ def identity_edits_from_args(args: argparse.Namespace) -> IdentityEditOptions:
     attributes = tuple(parse_edit(text) for text in args.attribute)
     wanted = attributes and args.classifier is not None
     classifier = load_classifier(args.classifier, latent_stats=args.latent_stats) if wanted else None
+    if classifier is not None:
+        try:  # names and finite directions, before any alignment or model load
+            classifier.check_edits(attributes)
+        except UserError as error:
+            raise UserError(f"{args.classifier}: {error}") from None
     deltas = tuple(_load_delta_option(text) for text in getattr(args, "delta", ()))
     return IdentityEditOptions(deltas=deltas, attributes=attributes, classifier=classifier, norm=args.edit_norm)
 
@@ -102,7 +109,12 @@ def _load_delta_option(text: str) -> Tuple[Tensor, float]:
     if not sep:
         return load_delta(Path(text)).delta, DEFAULT_SCALE
     try:
-        return load_delta(Path(path)).delta, float(scale)
+        value = float(scale)
+        if not math.isfinite(value):
+            raise UserError(f"--delta {text!r}: the scale {scale} is not a finite number; use e.g. 0.5.")
+        return load_delta(Path(path)).delta, value
+    except UserError:
+        raise
     except ValueError:
         if Path(text).is_file():  # a colon inside the file name, no scale
             return load_delta(Path(text)).delta, DEFAULT_SCALE

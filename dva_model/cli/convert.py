@@ -8,6 +8,7 @@ import torch
 
 from dva_model.formats.checkpoint import load_model, save_model
 from dva_model.errors import UserError
+from dva_model.formats.files import check_writable_file
 
 log = logging.getLogger(__name__)
 STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"The output {args.output} must end in .safetensors.")
     if args.output.resolve() == args.source.resolve():
         raise UserError("The output must be a new file; the source is never overwritten.")
+    check_writable_file(args.output, what="the converted model")
     model = load_model(args.source)
     save_model(args.output, model, dtype=STORAGE[args.dtype])
     source_mb, output_mb = args.source.stat().st_size / 2**20, args.output.stat().st_size / 2**20

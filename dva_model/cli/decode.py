@@ -4,9 +4,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from dva_model.errors import UserError
+
 from dva_model.cli.common import add_identity_edit_options, add_model_options, identity_edits_from_args, load_model_from_args
+from dva_model.cli.options import ddim_steps
 from dva_model.edit.identity import compose_identity_edits
-from dva_model.formats.files import file_fingerprint
+from dva_model.formats.files import check_writable_folder, file_fingerprint
 from dva_model.formats.image_io import write_crops
 from dva_model.formats.latent_io import load_latent
 from dva_model.cli.progress_bar import terminal_progress
@@ -22,14 +25,30 @@ def add_parser(subparsers) -> None:
     )
     add_model_options(parser)
     parser.add_argument("--latent", type=Path, required=True, help="latent file written by encode")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default: the latent's own step count)")
+    parser.add_argument("--steps", type=ddim_steps, help="DDIM steps (default: the latent's own step count)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the decoded PNG crops")
     add_identity_edit_options(parser)
     parser.set_defaults(func=run)
 
 
+def check_not_input_crops(out: Path, latent_path: Path, latent) -> None:
+    """Refuse an --out folder that holds the aligned crops this latent was encoded from: decoding would
+    overwrite the input frames with their reconstructions. Known from the folder the latent records,
+    or, for latents without one, from the ``align`` layout (a ``crops`` folder beside alignment.json)."""
+    from dva_model.cli.align import CROPS_FOLDER, SIDECAR_NAME
+
+    out = out.resolve()
+    recorded = Path(latent.source_folder).resolve() if latent.source_folder else None
+    align_output = out.name == CROPS_FOLDER and (out.parent / SIDECAR_NAME).is_file()
+    if out == recorded or align_output:
+        raise UserError(f"--out {out} holds the aligned crops {latent_path} was encoded from; decoding there "
+                        f"would overwrite them. Choose another folder.")
+
+
 def run(args: argparse.Namespace) -> int:
     latent = load_latent(args.latent)
+    check_not_input_crops(args.out, args.latent, latent)
+    check_writable_folder(args.out, what="the decoded crops folder")
     steps = args.steps or latent.steps
     if steps != latent.steps:
         log.warning("decoding with %d steps a latent inverted with %d; reconstructions will drift.", steps, latent.steps)

@@ -8,6 +8,7 @@ from dva_model.face.align import AlignConfig
 from dva_model.cli.align import add_face_options, add_video_options, landmarker_from_args, selection_from_args
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
                                        load_model_from_args)
+from dva_model.cli.options import crf_value, ddim_steps, non_negative_float, non_negative_int
 from dva_model.errors import UserError
 from dva_model.face.tracking import TrackConfig
 from dva_model.face.paste import COMPOSITES, MASK_PRESETS, PasteConfig
@@ -30,20 +31,21 @@ def add_parser(subparsers) -> None:
     add_video_options(parser)
     parser.add_argument("--out", type=Path, required=True, help="output video (.mp4)")
     add_identity_edit_options(parser)  # none given = reconstruction
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+    parser.add_argument("--steps", type=ddim_steps, default=DEFAULT_STEPS,
                         help=f"DDIM steps for inversion and decoding (release: 1000; default {DEFAULT_STEPS})")
     add_face_options(parser)
     parser.add_argument("--mask", choices=sorted(MASK_PRESETS), default="release",
                         help="parsing classes pasted back: release (face without hair, ears, neck), hair, "
                              "glasses, beard, head")
     parser.add_argument("--mask-union", action="store_true", help="also paste what the edited crop's parsing adds")
-    parser.add_argument("--dilate", type=int, default=0, help="grow the mask by N crop pixels")
-    parser.add_argument("--feather", type=float, default=0.0, help="soften the mask edge (Gaussian sigma, crop pixels)")
-    parser.add_argument("--mask-temporal", type=float, default=0.0, help="smooth the mask over time (sigma, frames)")
+    parser.add_argument("--dilate", type=non_negative_int, default=0, help="grow the mask by N crop pixels")
+    parser.add_argument("--feather", type=non_negative_float, default=0.0, help="soften the mask edge (Gaussian sigma, crop pixels)")
+    parser.add_argument("--mask-temporal", type=non_negative_float, default=0.0, help="smooth the mask over time (sigma, frames)")
     parser.add_argument("--composite", choices=COMPOSITES, default=COMPOSITES[0],
                         help="frame: blend at full resolution (only masked pixels change); release: paste the whole square")
     parser.add_argument("--lossless", action="store_true", help="exact RGB output (libx264rgb, large files)")
-    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help=f"x264 quality (default {DEFAULT_CRF})")
+    parser.add_argument("--crf", type=crf_value, default=DEFAULT_CRF,
+                        help=f"x264 quality, 0 (lossless) to 51 (worst) (default {DEFAULT_CRF})")
     parser.set_defaults(func=run)
 
 
@@ -65,7 +67,5 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     result = edit_clip(clip, args.video, args.out, model, classifier=edits.classifier, config=config,
                        selection=selection, stage_progress=progress)
-    for first, last in result.untouched:
-        log.warning("no face in frames %d-%d: copied unchanged", first, last)
     log.info("wrote %s (%d frames, %d edited)", result.path, result.frames, result.edited)
     return 0

@@ -1,14 +1,16 @@
 """``encode``: aligned crops -> per-frame z_id, z_lnd and DDIM-inverted x_T (a latent file)."""
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 from dva_model.cli.common import add_model_options, load_model_from_args
+from dva_model.cli.options import ddim_steps
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.encoding import encode_clip
-from dva_model.formats.files import file_fingerprint
-from dva_model.formats.image_io import read_crops
+from dva_model.formats.files import check_writable_file, file_fingerprint
+from dva_model.formats.image_io import list_images, read_crops
 from dva_model.formats.latent_io import save_latent
 
 log = logging.getLogger(__name__)
@@ -22,18 +24,21 @@ def add_parser(subparsers) -> None:
     )
     add_model_options(parser)
     parser.add_argument("--aligned", type=Path, required=True, help="folder of aligned crops (PNG/JPG)")
-    parser.add_argument("--steps", type=int, default=100, help="DDIM steps (release: 1000; default 100)")
+    parser.add_argument("--steps", type=ddim_steps, default=100, help="DDIM steps (release: 1000; default 100)")
     parser.add_argument("--out", type=Path, required=True, help="latent file to write (.safetensors)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_file(args.out, what="the latent file")
+    list_images(args.aligned)  # a missing or empty crop folder fails before the model loads
     model = load_model_from_args(args)
     names, crops = read_crops(args.aligned, size=model.image_size)
     log.info("encoding %d crops from %s", len(crops), args.aligned)
     latent = encode_clip(model, crops, steps=args.steps, batch_size=args.batch_size,
                          model_id=file_fingerprint(args.checkpoint).model_id, frame_names=names,
                          stage_progress=lambda stage: terminal_progress(stage, enabled=not args.quiet))
+    latent = dataclasses.replace(latent, source_folder=str(args.aligned.resolve()))  # decode never overwrites it
     save_latent(args.out, latent)
     log.info("wrote %s", args.out)
     return 0

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from dva_model.errors import UserError
-from dva_model.formats.files import write_atomically
+from dva_model.formats.files import check_writable_file, write_atomically
 from dva_model.metrics import DlibFaceEmbedder, identity_consistency, psnr_from_mse, squared_error_sum
-from dva_model.formats.video import FrameSelection, iter_frames, probe
+from dva_model.formats.video import FrameSelection, even_size, iter_frames, probe
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _check_pair(source: Path, edited: Path, selection: FrameSelection) -> int:
         )
     source_size = (source_info.width, source_info.height)
     edited_size = (edited_info.width, edited_info.height)
-    if source_size != edited_size:
+    if edited_size not in (source_size, even_size(*source_size)):  # odd sizes are written padded to even
         raise UserError(
             f"{source} is {source_size[0]}x{source_size[1]} but {edited} is {edited_size[0]}x{edited_size[1]}; "
             f"compare videos of the same size."
@@ -67,6 +67,7 @@ def measure(source: Path, edited: Path, *, max_frames: Optional[int] = None,
     chunks = zip(iter_frames(source, selection=selection, dtype=torch.uint8),
                  iter_frames(edited, selection=selection, dtype=torch.uint8))
     for (_, source_frames), (_, edited_frames) in chunks:
+        edited_frames = edited_frames[:, : source_frames.shape[1], : source_frames.shape[2]]  # drop even-size padding
         if source_frames.shape != edited_frames.shape:
             raise UserError(f"{source} and {edited} decode to different frames; compare videos of the same size.")
         chunk_total, chunk_count = squared_error_sum(source_frames, edited_frames)
@@ -92,6 +93,8 @@ def measure(source: Path, edited: Path, *, max_frames: Optional[int] = None,
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_writable_file(args.out, what="the metrics file")
     result = measure(args.source, args.edited, max_frames=args.max_frames, models_dir=args.models_dir)
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)

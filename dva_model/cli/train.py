@@ -27,8 +27,9 @@ import torch.distributed as dist
 from dva_model.formats import checkpoint
 from dva_model.face.align import AlignConfig
 from dva_model.formats.checkpoint import EncoderFiles, load_model, save_model
-from dva_model.formats.files import write_atomically
+from dva_model.formats.files import check_writable_folder, write_atomically
 from dva_model.cli.align import add_face_options, landmarker_from_args
+from dva_model.cli.options import finite_float
 from dva_model.errors import UserError
 from dva_model.formats.image_io import crops_to_uint8
 from dva_model.model import DVAConfig, DVAModel
@@ -87,12 +88,12 @@ def add_parser(subparsers) -> None:
     size.add_argument("--num-res-blocks", type=int, help="ResBlocks per level going down (2)")
     size.add_argument("--attention-resolutions", type=_ints, help="feature sizes with attention (16)")
     size.add_argument("--num-heads", type=int, help="attention heads (1)")
-    size.add_argument("--dropout", type=float, help="ResBlock dropout (0.1)")
+    size.add_argument("--dropout", type=finite_float, help="ResBlock dropout (0.1)")
     size.add_argument("--embed-channels", type=int, help="time-embedding width (512)")
     optim = parser.add_argument_group("optimisation (defaults: published)")
-    optim.add_argument("--lr", type=float, default=1e-4)
-    optim.add_argument("--grad-clip", type=float, default=1.0, help="maximum gradient norm")
-    optim.add_argument("--ema-decay", type=float, default=0.9999)
+    optim.add_argument("--lr", type=finite_float, default=1e-4)
+    optim.add_argument("--grad-clip", type=finite_float, default=1.0, help="maximum gradient norm")
+    optim.add_argument("--ema-decay", type=finite_float, default=0.9999)
     optim.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                        help="autocast of the UNet (default: fp16 on CUDA, as published; fp32 on CPU)")
     optim.add_argument("--seed", type=int, default=0)
@@ -262,6 +263,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
         raise UserError("--steps is required: give the number of training steps to reach.")
     if not args.resume and (args.out / STATE_FILE).exists():
         raise UserError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out.")
+    check_writable_folder(args.out, what="the run folder")
     precision: Precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     config = TrainConfig(lr=args.lr, grad_clip=args.grad_clip, ema_decay=args.ema_decay, precision=precision,
                          seed=args.seed, cache_encodings=args.cache_encodings)

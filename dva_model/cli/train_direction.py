@@ -12,6 +12,8 @@ from dva_model.edit.direction_training import (
 )
 from dva_model.constants import CELEBA_ATTRIBUTES
 from dva_model.errors import UserError
+from dva_model.cli.options import finite_float
+from dva_model.formats.files import check_writable_file
 from dva_model.cli.progress_bar import terminal_progress
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def add_parser(subparsers) -> None:
                         help="identity mean/std from latent.pkl or a classifier file (default: the images' own)")
     parser.add_argument("--steps", type=int, default=RELEASE_STEPS, help=f"Adam steps (release: {RELEASE_STEPS})")
     parser.add_argument("--train-batch", type=int, default=RELEASE_BATCH_SIZE, help="identities per Adam step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (release: 1e-3)")
+    parser.add_argument("--lr", type=finite_float, default=1e-3, help="Adam learning rate (release: 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     parser.add_argument("--features-cache", type=Path,
@@ -73,6 +75,7 @@ def _identities(args: argparse.Namespace, files):
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_file(args.out, what="the direction file")
     table = read_labels(args.labels)
     if args.attributes:
         table = table.select(args.attributes)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor
 
 from dva_model.constants import CELEBA_ATTRIBUTES, ID_DIM
@@ -59,6 +60,20 @@ class AttributeClassifier:
         """Unit direction [512] of attribute ``name`` in the normalised feature space."""
         w = self.weight[self.index(name)]
         return w / w.norm()
+
+    def check_edits(self, edits: Sequence[Tuple[str, float]]) -> None:
+        """Refuse unknown attribute names, non-finite scales, and directions or statistics that are not
+        finite (NaN weights, a zero row) before any work: they would give black faces, not an error."""
+        for name, scale in edits:
+            self.index(name)
+            if not math.isfinite(scale):
+                raise UserError(f"The scale of the {name} edit is {scale}; use a finite number such as 0.25.")
+            if not torch.isfinite(self.direction(name)).all():
+                raise UserError(f"The classifier's {name} direction is not a finite vector (NaN, infinite or zero "
+                                f"weights); the classifier file is damaged, use another.")
+        if edits and not (torch.isfinite(self.mean).all() and torch.isfinite(self.std).all() and (self.std > 0).all()):
+            raise UserError("The classifier's feature mean or std holds NaN, infinite or non-positive values; "
+                            "the classifier (or latent statistics) file is damaged, use another.")
 
 
 def load_classifier(path: Union[str, Path], *, latent_stats: Optional[Union[str, Path]] = None) -> AttributeClassifier:
@@ -159,9 +174,12 @@ def parse_edit(text: str) -> Tuple[str, float]:
     try:
         if not sep or not name:
             raise ValueError
-        return name, float(scale)
+        value = float(scale)
     except ValueError:
         raise UserError(f"Edit {text!r} is not NAME:SCALE (for example Mustache:0.25 or No_Beard:-0.5).") from None
+    if not math.isfinite(value):
+        raise UserError(f"Edit {text!r}: the scale is not a finite number; use e.g. Mustache:0.25.")
+    return name, value
 
 
 def edit_identity(
@@ -180,6 +198,7 @@ def edit_identity(
         raise ValueError(f"norm must be 'keep' or 'unit', got {norm!r}.")
     if z_id.shape != (ID_DIM,):
         raise ValueError(f"z_id must be [{ID_DIM}], got {tuple(z_id.shape)}.")
+    classifier.check_edits(edits)
     z_id = z_id.float()
     if norm == "keep" and all(scale == 0 for _, scale in edits):
         return z_id.clone()

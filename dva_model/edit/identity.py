@@ -51,6 +51,13 @@ class DeltaEdit:
     scale: float
     norm: EditNorm = "keep"
 
+    def __post_init__(self) -> None:  # refused when made (a node's execute), not when decoding
+        if not math.isfinite(self.scale):
+            raise ValueError(f"scale must be a finite number, got {self.scale}.")
+        vector = self.delta.delta if isinstance(self.delta, IdentityDelta) else self.delta
+        if not torch.isfinite(vector).all():
+            raise UserError("The identity delta holds NaN or infinite values; the delta file is damaged, make it again.")
+
 
 @dataclass(frozen=True, kw_only=True)
 class AttributeEdit:
@@ -60,6 +67,9 @@ class AttributeEdit:
     attribute: str
     scale: float
     norm: EditNorm = "keep"
+
+    def __post_init__(self) -> None:
+        self.classifier.check_edits([(self.attribute, self.scale)])
 
 
 IdentityEdit = Union[DeltaEdit, AttributeEdit]
@@ -83,6 +93,8 @@ def apply_delta(z_id: Tensor, delta: Union[IdentityDelta, Tensor], *, scale: flo
         raise ValueError(f"z_id and delta must both be [{ID_DIM}], got {tuple(z_id.shape)} and {tuple(vector.shape)}.")
     if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale}.")
+    if not torch.isfinite(vector).all():
+        raise UserError("The identity delta holds NaN or infinite values; the delta file is damaged, make it again.")
     z_id = z_id.float()
     if norm == "keep" and scale == 0:
         return z_id.clone()

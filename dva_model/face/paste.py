@@ -67,8 +67,8 @@ class PasteConfig:
         bad = [c for c in self.classes if c not in ALL_CLASSES]
         if not self.classes or bad:
             raise ValueError(f"Mask classes must be a non-empty subset of 0..{len(ALL_CLASSES) - 1}, got {self.classes}.")
-        if self.dilate < 0 or self.feather < 0 or self.temporal_sigma < 0:
-            raise ValueError("dilate, feather and temporal_sigma must be 0 (off) or positive.")
+        if not all(math.isfinite(v) and v >= 0 for v in (self.dilate, self.feather, self.temporal_sigma)):
+            raise ValueError("dilate, feather and temporal_sigma must be 0 (off) or positive finite numbers.")
         if self.composite not in COMPOSITES:
             raise ValueError(f"Unknown composite {self.composite!r}; choose {one_of(COMPOSITES)}.")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 class TrackConfig:
     """How ``track_faces`` follows one face.
 
-    max_gap: runs of at most this many frames without a detection are filled in (interpolated between
-        detections, held at the clip's ends); longer runs are flagged "no face".
+    max_gap: gaps of at most this many SOURCE frames without a detection are filled in (interpolated
+        between detections, held at the clip's ends); longer gaps are flagged "no face". With a stride,
+        a gap counts every source frame between the detections on either side, not the selected ones,
+        so a face that has left is never held over seconds of video.
     max_jump: a detection whose centre is farther than ``max_jump`` x the previous box's size from the
         previous centre is another face and is ignored (the tracked face counts as missing there).
     """
@@ -92,20 +94,40 @@ def _as_images(chunk: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     return chunk[None] if chunk.ndim == 3 else chunk
 
 
-def fill_gaps(
-    landmarks: np.ndarray, detected: np.ndarray, max_gap: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fill runs of at most ``max_gap`` undetected frames: linear interpolation between the detections
-    on both sides, or the nearest detection at the clip's ends. Returns ``(landmarks, has_face)``.
+def gap_length(frame_numbers: np.ndarray, first: int, last: int) -> int:
+    """Source frames without a detected face around the undetected rows ``first..last`` (inclusive).
 
-    landmarks: [N, 68, 2] float64, rows where ``detected`` is False are ignored.
+    frame_numbers: [N] int, the source frame number of each row (ascending). Between two detections it
+    is every source frame strictly between them; at a clip end, the rows' span up to the detection.
+    With consecutive frames this is ``last - first + 1``.
     """
+    count = len(frame_numbers)
+    if 0 < first and last + 1 < count:
+        return int(frame_numbers[last + 1] - frame_numbers[first - 1] - 1)
+    if first > 0:
+        return int(frame_numbers[last] - frame_numbers[first - 1])
+    if last + 1 < count:
+        return int(frame_numbers[last + 1] - frame_numbers[first])
+    return int(frame_numbers[last] - frame_numbers[first] + 1)
+
+
+def fill_gaps(
+    landmarks: np.ndarray, detected: np.ndarray, max_gap: int, frame_numbers: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill gaps of at most ``max_gap`` source frames without a detection: linear interpolation (in
+    source time) between the detections on both sides, or the nearest detection at the clip's ends.
+    Returns ``(landmarks, has_face)``.
+
+    landmarks: [N, 68, 2] float64, rows where ``detected`` is False are ignored. frame_numbers: [N] int
+    source frame numbers of the rows (default 0..N-1); gaps are measured with ``gap_length``.
+    """
+    count = len(detected)
+    numbers = np.arange(count) if frame_numbers is None else np.asarray(frame_numbers)
     filled = landmarks.copy()
     has_face = detected.copy()
-    count = len(detected)
     for run in true_runs(~detected):
         first, last = run.start, run.stop - 1
-        if last - first + 1 > max_gap:
+        if gap_length(numbers, first, last) > max_gap:
             filled[first: last + 1] = np.nan
             continue
         before, after = first - 1, last + 1
@@ -116,7 +138,8 @@ def fill_gaps(
         elif after >= count:
             filled[first: last + 1] = landmarks[before]
         else:
-            weights = (np.arange(first, last + 1) - before) / (after - before)  # [gap]
+            span = numbers[first: last + 1] - numbers[before]
+            weights = span / (numbers[after] - numbers[before])  # [gap]
             filled[first: last + 1] = (1 - weights)[:, None, None] * landmarks[before] + weights[:, None, None] * landmarks[after]
         has_face[first: last + 1] = True
     return filled, has_face
@@ -130,30 +153,33 @@ def track_faces(
     total: Optional[int] = None,
     callback: Optional[ProgressCallback] = None,
     source: str = "the video",
+    frame_numbers: Optional[Sequence[int]] = None,
 ) -> FaceTrack:
     """Detect, track and landmark one face through a clip.
 
     frames: an iterable of frames [H, W, 3] or chunks [n, H, W, 3], RGB uint8 (or float in [0, 1]).
+    frame_numbers: the source frame number of each frame (ascending; default 0, 1, ...), e.g. the
+    selected indices of a strided selection: gaps are measured and reported in these numbers.
     The largest face of the first frame with a face starts the track; each later frame takes the
-    detection nearest the previous box; after a flagged gap (longer than ``config.max_gap``) the
-    largest face starts a new track. Raises ``NoFaceError`` when no frame has a face.
+    detection nearest the previous box; after a flagged gap (longer than ``config.max_gap`` source
+    frames) the largest face starts a new track. Raises ``NoFaceError`` when no frame has a face.
     """
     rows_landmarks, rows_boxes, detected = [], [], []
     previous: Optional[np.ndarray] = None
-    since_seen = 0
+    last_seen = 0  # source frame number of the last detection
     for chunk in frames:
         for image in _as_images(chunk):
-            if previous is not None and since_seen > config.max_gap:
+            number = len(detected) if frame_numbers is None else int(frame_numbers[len(detected)])
+            if previous is not None and number - last_seen - 1 > config.max_gap:
                 previous = None  # the track was lost: start again from the largest face
             box = choose_face(landmarker.detector.detect(image), previous, config.max_jump)
             if box is None:
                 rows_landmarks.append(np.full((LANDMARK_POINTS, 2), np.nan))
                 rows_boxes.append(np.full(4, np.nan))
-                since_seen += 1
             else:
                 rows_landmarks.append(landmarker.predictor.landmarks(image, box))
                 rows_boxes.append(np.asarray(box[:4], dtype=np.float64))
-                previous, since_seen = box, 0
+                previous, last_seen = box, number
             detected.append(box is not None)
             report(callback, len(detected), total or len(detected))
     if not detected:
@@ -163,10 +189,12 @@ def track_faces(
         raise NoFaceError(
             f"No face was found in any of the {len(detected)} frames of {source}; use a video that shows a face."
         )
-    landmarks, has_face = fill_gaps(np.stack(rows_landmarks), detected_flags, config.max_gap)
+    numbers = np.arange(len(detected)) if frame_numbers is None else np.asarray(frame_numbers[: len(detected)])
+    landmarks, has_face = fill_gaps(np.stack(rows_landmarks), detected_flags, config.max_gap, numbers)
     track = FaceTrack(landmarks=landmarks, boxes=np.stack(rows_boxes), detected=detected_flags, has_face=has_face)
     for first, last in track.missing_runs():
-        log.warning("No face in frames %d-%d of %s; those frames are left untouched.", first, last, source)
+        log.warning("No face in frames %d-%d of %s; those frames are left untouched.",
+                    numbers[first], numbers[last], source)
     return track
 
 

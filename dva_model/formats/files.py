@@ -1,5 +1,6 @@
 """Writing files safely, reading .safetensors files with one-sentence errors, and file fingerprints."""
 
+import errno
 import json
 import os
 import tempfile
@@ -40,6 +41,67 @@ def write_atomically(path: PathLike, write: Callable[[Path], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest existing ancestor (the folder in which missing folders would be made)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_folder(folder: Path, *, what: str, target: Path) -> None:
+    """Create and delete a file in ``folder``: the only check that also sees read-only mounts and full disks
+    of the kind that refuse a new file (``os.access`` ignores both, and root passes every permission)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dva-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(f"Cannot write {what} {target}: {error.strerror or error} in {folder}; "
+                        f"choose a writable folder.") from None
+
+
+def check_writable_file(path: PathLike, *, what: str = "the output") -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder by that name, a missing
+    parent folder, or a folder where no file can be created (read-only, permission, full). Returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"Cannot write {what} {path}: it is a folder; give a file name.")
+    if not path.parent.is_dir():
+        raise UserError(f"Cannot write {what} {path}: the folder {path.parent} does not exist; create it first.")
+    _probe_folder(path.parent, what=what, target=path)
+    return path
+
+
+def check_writable_folder(path: PathLike, *, what: str = "the output folder") -> Path:
+    """Refuse, before any work, an output folder that cannot be made or written (a file by that name,
+    a read-only or full disk, no permission). Nothing is created. Returns the path."""
+    path = Path(path)
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise UserError(f"Cannot write {what} {path}: {existing} is a file, not a folder; choose another path.")
+    _probe_folder(existing, what=what, target=path)
+    return path
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some disk space or write elsewhere",
+    errno.EDQUOT: "free some disk space or write elsewhere",
+    errno.EROFS: "choose a writable folder",
+    errno.EACCES: "check the permissions or choose another path",
+    errno.EPERM: "check the permissions or choose another path",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One sentence for an operating-system error (disk full, read-only, permission, missing file), naming
+    the file it concerns and, where there is one, what to do."""
+    reason = error.strerror or str(error) or type(error).__name__
+    where = "" if error.filename is None else f" ({error.filename})"
+    hint = _OS_ERROR_HINTS.get(error.errno)
+    return f"{reason}{where}; {hint}." if hint else f"{reason}{where}."
 
 
 def write_safetensors(path: PathLike, tensors: Mapping[str, Tensor], metadata: Optional[Dict[str, str]] = None) -> Path:

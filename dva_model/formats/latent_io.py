@@ -37,6 +37,7 @@ class Latent:
     steps: int
     model_id: str = ""
     frame_names: Tuple[str, ...] = field(default_factory=tuple)
+    source_folder: str = ""  # the aligned crops folder it was encoded from ("" when unknown)
 
     def __post_init__(self) -> None:
         n = len(self.x_T)
@@ -58,6 +59,7 @@ def save_latent(path: Union[str, Path], latent: Latent) -> Path:
         "steps": str(latent.steps),
         "model_id": latent.model_id,
         "frame_names": json.dumps(list(latent.frame_names)),
+        "source_folder": latent.source_folder,
     }
     return write_safetensors(path, tensors, metadata)
 
@@ -79,6 +81,7 @@ def load_latent(path: Union[str, Path]) -> Latent:
         return Latent(
             z_id=tensors["z_id"], z_lnd=tensors["z_lnd"], x_T=tensors["x_T"], identity=tensors["identity"],
             steps=int(metadata["steps"]), model_id=metadata.get("model_id", ""), frame_names=tuple(frame_names),
+            source_folder=metadata.get("source_folder", ""),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise UserError(f"{path} is an incomplete DVA latent file ({error}).") from error

@@ -5,10 +5,23 @@ in 0..255, in chunks, so a long or HD clip never holds every float frame at once
 at the source fps, copies the source's audio track when MP4 can hold it (re-encoding it to AAC when
 not), and writes to a temporary file that is renamed into place only once the video is complete: a
 failed or cancelled run never leaves a partial output file.
+
+What phones and editors produce:
+
+- Rotation: a clip whose display matrix (or legacy ``rotate`` tag) says "show me turned" is decoded
+  upright (every frame turned by ``VideoInfo.rotation``), so faces are found and edited the right way
+  up; ``width``/``height`` are the upright size. Written videos are upright pixels with no rotation
+  tag, so every player shows them the same way.
+- Variable frame rate: ``frame_times`` gives each frame's own timestamp (pts x time_base); audio
+  windows and the writer's output timing use it instead of ``index / fps``.
+- Odd sizes: H.264 4:2:0 (yuv420p, what browsers and phones play) needs even sizes, so the writer pads
+  an odd width or height by repeating the last column or row (one pixel); the lossless (RGB) mode keeps
+  the exact size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -30,7 +43,13 @@ PathLike = Union[str, os.PathLike]
 BYTES_PER_FLOAT = 4
 RGB_CHANNELS = 3
 DEFAULT_CHUNK_FRAMES = 16
+# A chunk holds at most this much float32 frame data, whatever chunk_size asks: 16 frames of 640x360
+# fit, 1080p frames come 5 at a time and 4K ones (~95 MiB each) one at a time, so the full-resolution
+# work (paste back makes several float copies of a chunk) stays under a gigabyte at any frame size.
+MAX_CHUNK_BYTES = 128 * 2**20
 DEFAULT_CRF = 18  # visually lossless for x264
+MAX_CRF = 51  # x264's crf range is 0..51
+TIME_BASE = Fraction(1, 90_000)  # output timestamps for frames written with their own times (MPEG's clock)
 AAC_BITRATE = 192_000
 
 
@@ -46,6 +65,7 @@ class VideoInfo:
     codec: str  # video codec name, e.g. "h264"
     has_audio: bool
     audio_codec: Optional[str]  # None when there is no audio track
+    rotation: int = 0  # degrees counter-clockwise (0, 90, 180, 270) that turn a stored frame upright
 
     @property
     def duration_s(self) -> float:
@@ -124,8 +144,41 @@ def _count_frames(container) -> int:
     return count
 
 
+def _quarter_turns(degrees: float, path: PathLike) -> int:
+    """Counter-clockwise ``degrees`` -> 0..3 quarter turns; other angles are ignored with a warning."""
+    turns = round(degrees / 90)
+    if abs(degrees - 90 * turns) > 1:
+        log.warning("%s asks to be shown turned by %.1f degrees; only quarter turns are applied.", path, degrees)
+    return turns % 4
+
+
+def _display_rotation(container, path: PathLike) -> int:
+    """Degrees counter-clockwise (0, 90, 180, 270) that turn the stored frames upright.
+
+    The display matrix (what phones write; FFmpeg gives it with each decoded frame) wins; the legacy
+    ``rotate`` tag (clockwise degrees) is read when a container carries only that.
+    """
+    import av
+
+    stream = container.streams.video[0]
+    try:
+        first = next(container.decode(stream), None)
+    except av.error.FFmpegError as error:
+        raise UserError(f"Cannot read {path} as a video ({_ffmpeg_reason(error)}); the file is corrupt.") from error
+    finally:
+        container.seek(0)
+    if first is not None and first.rotation:
+        return 90 * _quarter_turns(first.rotation, path)
+    tag = next((value for key, value in stream.metadata.items() if key.lower() == "rotate"), None)
+    try:
+        return 90 * _quarter_turns(-float(tag), path) if tag else 0
+    except ValueError:
+        log.warning("%s has an unreadable rotate tag %r; it is ignored.", path, tag)
+        return 0
+
+
 def probe(path: PathLike) -> VideoInfo:
-    """Read a video's frame count, fps, size and audio track; raises ``UserError`` for unreadable files."""
+    """Read a video's frame count, fps, upright size, rotation and audio track; ``UserError`` for unreadable files."""
     import av
 
     container = _open_input(path)
@@ -137,16 +190,21 @@ def probe(path: PathLike) -> VideoInfo:
             frame_count = stream.frames or _count_frames(container)
         except av.error.FFmpegError as error:
             raise UserError(f"Cannot read {path} as a video ({_ffmpeg_reason(error)}); the file is corrupt.") from error
+        rotation = _display_rotation(container, path)
+        width, height = int(context.width), int(context.height)
+        if rotation % 180:
+            width, height = height, width
         audio = container.streams.audio[0] if container.streams.audio else None
         info = VideoInfo(
             path=str(path),
             frame_count=int(frame_count),
             fps=Fraction(fps) if fps else Fraction(0),
-            width=int(context.width),
-            height=int(context.height),
+            width=width,
+            height=height,
             codec=context.name,
             has_audio=audio is not None,
             audio_codec=audio.codec_context.name if audio is not None else None,
+            rotation=rotation,
         )
     finally:
         container.close()
@@ -157,12 +215,36 @@ def probe(path: PathLike) -> VideoInfo:
     return info
 
 
+def frame_times(path: PathLike) -> np.ndarray:
+    """Each frame's presentation time in seconds (pts x time_base), in display order: [frame_count] float64.
+
+    Read from the packets (no decoding). A variable-frame-rate clip (phones, screen recordings) has
+    uneven steps; where the container gives no timestamps, ``index / fps`` stands in.
+    """
+    import av
+
+    info = probe(path)
+    container = _open_input(path)
+    try:
+        stream = container.streams.video[0]
+        try:
+            stamps = [packet.pts for packet in container.demux(stream) if packet.size > 0]
+        except av.error.FFmpegError as error:
+            raise UserError(f"Cannot read {path} as a video ({_ffmpeg_reason(error)}); the file is corrupt.") from error
+        time_base = stream.time_base
+    finally:
+        container.close()
+    if len(stamps) != info.frame_count or any(pts is None for pts in stamps) or time_base is None:
+        return np.arange(info.frame_count, dtype=np.float64) / float(info.fps)
+    return np.sort(np.asarray(stamps, dtype=np.int64)).astype(np.float64) * float(time_base)
+
+
 def _to_output(frames: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """uint8 [n, H, W, 3] -> the requested dtype (float in [0, 1] or uint8)."""
     tensor = torch.from_numpy(frames)
     if dtype == torch.uint8:
         return tensor
-    return tensor.to(dtype) / MAX_UINT8
+    return tensor.to(dtype).div_(MAX_UINT8)  # in place: one float copy of the chunk, not two
 
 
 def iter_frames(
@@ -176,6 +258,8 @@ def iter_frames(
 
     ``frames`` is ``[n, H, W, 3]`` RGB, float in [0, 1] (or uint8 0..255 for ``dtype=torch.uint8``);
     ``indices`` are the source frame numbers of that chunk (a slice of ``selection.indices``).
+    A chunk has at most ``chunk_size`` frames and at most ``MAX_CHUNK_BYTES`` of float frames (fewer
+    frames per chunk for 4K). Frames are turned upright by the video's rotation (``VideoInfo.rotation``).
     Decoding runs from the start of the file (frame-exact; seeking is not frame-exact in every container).
     """
     import av
@@ -183,6 +267,7 @@ def iter_frames(
     if chunk_size < 1:
         raise ValueError(f"Chunk size must be 1 or more, got {chunk_size}.")
     info = probe(path)
+    chunk_size = max(1, min(chunk_size, MAX_CHUNK_BYTES // info.float_bytes(1)))
     wanted = selection.indices(info.frame_count)
     if len(wanted) == 0:
         raise UserError(
@@ -199,7 +284,7 @@ def iter_frames(
             for index, frame in enumerate(container.decode(stream)):
                 if index < wanted[position]:
                     continue
-                buffer.append(frame.to_ndarray(format="rgb24"))
+                buffer.append(_upright(frame.to_ndarray(format="rgb24"), info.rotation))
                 position += 1
                 done = position == len(wanted)
                 if len(buffer) == chunk_size or done:
@@ -217,6 +302,11 @@ def iter_frames(
             log.warning("%s ended after %d of the %d selected frames.", path, position, len(wanted))
     finally:
         container.close()
+
+
+def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """A stored frame [H, W, 3] turned ``rotation`` degrees counter-clockwise (as its display matrix asks)."""
+    return np.ascontiguousarray(np.rot90(image, k=rotation // 90)) if rotation else image
 
 
 def read_frames(
@@ -241,17 +331,24 @@ def read_frames(
     return torch.cat(chunks), info
 
 
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size a non-lossless output of ``width`` x ``height`` frames has: each rounded up to even."""
+    return width + width % 2, height + height % 2
+
+
 def _partial_path(path: Path) -> Path:
     """A hidden temporary name beside ``path`` with the same suffix (the muxer is chosen explicitly)."""
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
 class VideoWriter:
-    """MP4 (H.264) writer at a fixed fps, with the audio of a source video; use as a context manager.
+    """MP4 (H.264) writer with the audio of a source video; use as a context manager.
 
-    Frames go in through ``write(frames)`` as ``[n, H, W, 3]`` float in [0, 1] or uint8. ``lossless``
-    stores RGB exactly (libx264rgb, qp 0): decoding the file gives back the written uint8 frames.
-    Otherwise x264 at ``crf`` in yuv420p (yuv444p for odd sizes, which 4:2:0 cannot hold).
+    Frames go in through ``write(frames, times=...)`` as ``[n, H, W, 3]`` float in [0, 1] or uint8, at
+    ``fps`` or at their own timestamps (seconds, for variable frame rate). ``lossless`` stores RGB
+    exactly (libx264rgb, qp 0, any size): decoding the file gives back the written uint8 frames.
+    Otherwise x264 at ``crf`` in yuv420p; an odd width or height is padded by one repeated pixel
+    column or row (4:2:0 needs even sizes), so the file is ``encoded_size``.
     ``audio_from`` names a video whose first audio track is copied (or re-encoded to AAC) for the
     time window ``audio_window_s`` (default: all of it). Nothing appears at ``path`` until ``close``
     succeeds; an exception inside the ``with`` block removes the temporary file.
@@ -278,13 +375,20 @@ class VideoWriter:
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise UserError(f"Output folder {self.path.parent} does not exist; create it first.")
+        if not 0 <= crf <= MAX_CRF:
+            raise UserError(f"The x264 quality (crf) must be {0}-{MAX_CRF}, got {crf}; 18 is visually lossless.")
         self.width, self.height = width, height
+        self.lossless = lossless
         self.fps = Fraction(fps).limit_denominator(1_000_000)
+        self._first_time: Optional[float] = None
+        self._last_pts = -1
         self.audio_from = Path(audio_from) if audio_from is not None else None
         self.audio_window_s = audio_window_s
         self.frames_written = 0
         self._partial = _partial_path(self.path)
-        self._container = av.open(str(self._partial), mode="w", format="mp4")
+        self._container = None
+        with self._naming_the_output():
+            self._container = av.open(str(self._partial), mode="w", format="mp4")
         try:
             self._stream = self._add_video_stream(crf, lossless)
             # Every stream must exist before the first packet is written (the header goes out then).
@@ -293,34 +397,67 @@ class VideoWriter:
             self._abort()
             raise
 
+    @property
+    def encoded_size(self) -> tuple[int, int]:
+        """(width, height) in the file: the frame size, rounded up to even unless lossless (4:2:0)."""
+        return (self.width, self.height) if self.lossless else even_size(self.width, self.height)
+
     def _add_video_stream(self, crf: int, lossless: bool):
-        """The H.264 stream: exact RGB when lossless, else yuv420p (yuv444p for odd frame sizes)."""
+        """The H.264 stream: exact RGB when lossless, else yuv420p at the even ``encoded_size``."""
         if lossless:
             stream = self._container.add_stream("libx264rgb", rate=self.fps)
             stream.pix_fmt = "rgb24"
             stream.options = {"qp": "0", "preset": "medium"}
         else:
             stream = self._container.add_stream("libx264", rate=self.fps)
-            even = self.width % 2 == 0 and self.height % 2 == 0
-            stream.pix_fmt = "yuv420p" if even else "yuv444p"
+            stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf), "preset": "medium"}
-        stream.width, stream.height = self.width, self.height
+            if self.encoded_size != (self.width, self.height):
+                log.info("%s: %dx%d frames are padded to %dx%d (H.264 4:2:0 needs even sizes).",
+                         self.path, self.width, self.height, *self.encoded_size)
+        stream.width, stream.height = self.encoded_size
+        # A fine clock so frames written with their own (variable) timestamps keep them.
+        stream.codec_context.time_base = TIME_BASE
         return stream
 
-    def write(self, frames: Union[torch.Tensor, np.ndarray]) -> None:
-        """Encode ``frames``: ``[n, H, W, 3]`` float in [0, 1] or uint8, at the writer's size."""
+    def write(self, frames: Union[torch.Tensor, np.ndarray], *, times: Optional[Sequence[float]] = None) -> None:
+        """Encode ``frames``: ``[n, H, W, 3]`` float in [0, 1] or uint8, at the writer's size.
+
+        ``times``: [n] seconds, each frame's presentation time (the first written frame's time becomes
+        0, so source timestamps can be passed as they are); None means ``frames_written / fps``. Give
+        times for every frame of a file or for none.
+        """
         import av
 
         if frames.ndim != 4 or tuple(frames.shape[1:]) != (self.height, self.width, RGB_CHANNELS):
             raise ValueError(
                 f"Frames must be [n, {self.height}, {self.width}, 3], got {list(frames.shape)}."
             )
-        for image in to_uint8(frames):
+        if times is not None and len(times) != len(frames):
+            raise ValueError(f"{len(frames)} frames were given {len(times)} times.")
+        pad_x, pad_y = self.encoded_size[0] - self.width, self.encoded_size[1] - self.height
+        for row, image in enumerate(to_uint8(frames)):
+            if pad_x or pad_y:
+                image = np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = self.frames_written
-            frame.time_base = 1 / self.fps
-            self._container.mux(self._stream.encode(frame))
+            frame.pts = self._next_pts(None if times is None else float(times[row]))
+            frame.time_base = TIME_BASE
+            with self._naming_the_output():
+                self._container.mux(self._stream.encode(frame))
             self.frames_written += 1
+
+    def _next_pts(self, seconds: Optional[float]) -> int:
+        """The next frame's pts in ``TIME_BASE`` units, strictly increasing."""
+        if seconds is None:
+            pts = round(self.frames_written / self.fps / TIME_BASE)
+        else:
+            if self._first_time is None:
+                self._first_time = seconds
+            pts = round((seconds - self._first_time) / TIME_BASE)
+        if pts <= self._last_pts:
+            raise ValueError(f"Frame times must increase; frame {self.frames_written} is not after the one before.")
+        self._last_pts = pts
+        return pts
 
     def close(self) -> Path:
         """Flush the encoder, add the audio, and move the finished file into place; returns its path."""
@@ -329,16 +466,26 @@ class VideoWriter:
         try:
             if self.frames_written == 0:
                 raise UserError(f"No frames were written to {self.path}; nothing to save.")
-            self._container.mux(self._stream.encode(None))
-            if self._audio is not None:
-                self._audio.mux(self.audio_window_s)
-            self._container.close()
-            self._container = None
-            os.replace(self._partial, self.path)
+            with self._naming_the_output():
+                self._container.mux(self._stream.encode(None))
+                if self._audio is not None:
+                    self._audio.mux(self.audio_window_s)
+                self._container.close()
+                self._container = None
+                os.replace(self._partial, self.path)
         except BaseException:
             self._abort()
             raise
         return self.path
+
+    @contextlib.contextmanager
+    def _naming_the_output(self):
+        """Re-raise an operating-system error while writing (disk full, folder gone) as an ``OSError``
+        naming the output the user asked for, not the hidden temporary file."""
+        try:
+            yield
+        except OSError as error:
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from error
 
     def _abort(self) -> None:
         """Close and delete the temporary file (after an error or cancellation)."""
@@ -486,8 +633,18 @@ def read_audio(path: PathLike, window: tuple[float, float]) -> tuple[torch.Tenso
     return waveform[:, int(round(start * rate)): int(round(stop * rate))], rate
 
 
-def audio_window(info: VideoInfo, indices: Sequence[int]) -> tuple[float, float]:
-    """Seconds of the source covered by the selected frame ``indices`` (for trimming the audio)."""
-    start = indices[0] / info.fps
-    stop = (indices[-1] + 1) / info.fps
-    return float(start), float(stop)
+def audio_window(
+    info: VideoInfo, indices: Sequence[int], times: Optional[np.ndarray] = None
+) -> tuple[float, float]:
+    """Seconds of the source covered by the selected frame ``indices`` (for trimming the audio).
+
+    From the first selected frame's timestamp to the end of the last selected frame (the next frame's
+    timestamp, or one average frame later at the end of the clip). ``times`` [frame_count] float64 are
+    the frames' timestamps (``frame_times``), read from ``info.path`` when not given; a clip without a
+    file (frames in memory) uses ``index / fps``.
+    """
+    if times is None:
+        times = frame_times(info.path) if info.path else np.arange(info.frame_count) / float(info.fps)
+    first, last = indices[0], indices[-1]
+    stop = times[last + 1] if last + 1 < len(times) else times[last] + 1 / float(info.fps)
+    return float(times[first]), float(stop)
