@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from dva_model.face.align import ALIGN_METHODS, AlignConfig
-from dva_model.cli.options import non_negative_int
+from dva_model.cli.options import non_negative_int, positive_int
 from dva_model.errors import UserError
 from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS, make_landmarker
 from dva_model.face.tracking import TrackConfig
