@@ -11,7 +11,7 @@ progress after every UNet call. Paper symbols (Kim et al., CVPR 2023, section 3)
 """
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from dva_model.nets.face_encoder import FaceEncoder
 from dva_model.progress import ProgressCallback, report
 from dva_model.diffusion.schedule import alpha_bar_schedule, respaced_timesteps
 from dva_model.nets.unet import DVAUNet, UNetConfig
+from dva_model.nets.unet_runner import RunnerOptions, UNetRunner
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -62,6 +63,17 @@ class DVAModel(nn.Module):
         self.unet = DVAUNet(config.unet)
         self.encoder = FaceEncoder()
         self.register_buffer("alpha_bar", alpha_bar_schedule(), persistent=False)
+        self.runner = UNetRunner(self.unet)  # plain eager calls until ``prepare``
+
+    def prepare(self, *, channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False) -> "DVAModel":
+        """Choose how the samplers call the UNet (see ``dva_model.nets.unet_runner``); returns ``self``.
+
+        Call after moving the model to its device and dtype. Every mode matches the eager call within
+        float round-off; compiling happens on the first call of each batch size (logged).
+        """
+        self.runner = UNetRunner(self.unet, RunnerOptions(channels_last=channels_last, compile=compile,
+                                                          cuda_graphs=cuda_graphs))
+        return self
 
     @property
     def image_size(self) -> int:
@@ -152,7 +164,7 @@ class DVAModel(nn.Module):
         chunks = list(batches(len(x), batch_size))
         counter = _StepCounter(callback, sampler.model_calls(len(timesteps)) * len(chunks))
         z_id = _per_frame_identity(z_id, len(x))
-        eps_model, out = unet_eps(self.unet), []
+        eps_model, out = unet_eps(self.unet, self.runner), []
         for chunk in chunks:
             z_face = self.face_condition(z_id[chunk], z_lnd[chunk])
             x_chunk = x[chunk].to(self._device(), torch.float32)
@@ -175,13 +187,14 @@ class DVAModel(nn.Module):
         return torch.cat(labels)
 
 
-def unet_eps(unet: nn.Module) -> EpsModel:
+def unet_eps(unet: nn.Module, forward: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None) -> EpsModel:
     """The UNet as the samplers call it: fp32 state in, fp32 epsilon out, the weights' dtype inside;
-    autograd follows the caller."""
+    autograd follows the caller. ``forward`` (e.g. a ``UNetRunner``) replaces the plain ``unet`` call."""
     dtype = next(unet.parameters()).dtype
+    call = forward or unet
 
     def eps(x_t: Tensor, t: Tensor, z_face: Tensor) -> Tensor:
-        return unet(x_t.to(dtype), t, z_face.to(dtype)).float()
+        return call(x_t.to(dtype), t, z_face.to(dtype)).float()
 
     return eps
 

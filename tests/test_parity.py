@@ -6,7 +6,8 @@ skipped otherwise. It builds a random checkpoint in the release's Lightning layo
 with the reference's own code, runs the reference's editing path at 10 DDIM steps (fp32, CPU), then runs
 our CLI on the same files and requires z_id, z_lnd, x_T (1e-3 relative) and the decoded crops, plain and
 with a Mustache +0.25 classifier edit (2/255), to match. It takes minutes on two cores. Set
-``DVA_PARITY_OUT`` to a folder to keep (and reuse) the reference's outputs between runs.
+``DVA_PARITY_OUT`` to a folder to keep (and reuse) the reference's outputs between runs, and
+``DVA_PARITY_UNET_MODE`` (e.g. ``compile+channels-last``) to check one of our faster UNet paths.
 
 The small tests below check the harness's own pass/fail logic, so a broken comparison cannot pass.
 """
@@ -58,9 +59,12 @@ def test_cli_matches_reference(tmp_path):
     python = sys.executable
     subprocess.run([python, str(PARITY / "make_reference.py"), "--reference", os.environ["DVA_REFERENCE_DIR"],
                     "--out", str(out)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    mode = os.environ.get("DVA_PARITY_UNET_MODE", "eager")
     result = subprocess.run([python, str(PARITY / "compare.py"), "--reference-out", str(out),
-                             "--work", str(tmp_path / "ours")], cwd=REPO, capture_output=True, text=True)
+                             "--work", str(tmp_path / "ours"), "--unet-mode", mode],
+                            cwd=REPO, capture_output=True, text=True)
     report = json.loads((tmp_path / "ours" / "report.json").read_text())
     failed = [c for c in report["checks"] if not c["passed"]]
     assert result.returncode == 0 and not failed, result.stdout + result.stderr
     assert {c["name"] for c in report["checks"]} >= {"z_id", "z_lnd", "x_T", "decoded crops"}
+    assert report["unet_mode"] == mode

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from dva_model.face.align import ALIGN_METHODS, AlignConfig
-from dva_model.cli.options import non_negative_int
+from dva_model.cli.options import non_negative_int, positive_int
 from dva_model.errors import UserError
 from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS, make_landmarker
 from dva_model.face.tracking import TrackConfig
@@ -43,6 +43,9 @@ def add_face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-gap", type=non_negative_int, default=TrackConfig().max_gap,
                         help="interpolate gaps of up to this many source frames without a detected face (counted in the "
                              "video's own frames, also with --stride); longer gaps are left untouched")
+    parser.add_argument("--detect-every", type=positive_int, default=1, metavar="K",
+                        help="detect the face every K frames and follow its landmarks in between, re-detecting "
+                             "when they slip (faster; default 1: detect in every frame)")
     parser.add_argument("--align-method", choices=ALIGN_METHODS, default=ALIGN_METHODS[0],
                         help="direct: one antialiased warp to 256; release: the published 1024 + JPEG-75 + resize route")
 
@@ -51,9 +54,16 @@ def selection_from_args(args: argparse.Namespace) -> FrameSelection:
     return FrameSelection(start=args.start, stop=args.stop, stride=args.stride, max_frames=args.max_frames)
 
 
-def landmarker_from_args(args: argparse.Namespace, device: str = "cpu"):
-    return make_landmarker(detector=args.detector, landmarks=args.landmarks, models_dir=args.face_models,
-                           insightface_dir=args.insightface_models, device=device)
+def landmarker_from_args(args: argparse.Namespace, device: str = "cpu", *, one_clip: bool = True):
+    """The face landmarker the options ask for. With --detect-every > 1 it keeps state from frame to
+    frame, so it serves ``one_clip`` only; commands that align many videos pass one_clip=False."""
+    from dva_model.face.keyframe import keyframe_landmarker
+
+    if args.detect_every != 1 and not one_clip:
+        raise UserError("--detect-every works on one video at a time; leave it at 1 for this command.")
+    landmarker = make_landmarker(detector=args.detector, landmarks=args.landmarks, models_dir=args.face_models,
+                                 insightface_dir=args.insightface_models, device=device)
+    return keyframe_landmarker(landmarker, every=args.detect_every)
 
 
 def add_parser(subparsers) -> None:

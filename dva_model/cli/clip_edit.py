@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from dva_model.pipeline import check_output_path
 
         check_output_path(args.video, args.edited_video)
-    check_writable_file(args.out, what="the identity delta")
+    check_writable_file(args.out, what="the identity delta", make_parents=True)
     if args.decode_out is not None:
         check_writable_folder(args.decode_out, what="the decoded crops folder")
     config = ClipEditConfig(source_text=args.source, target_text=args.target, iterations=args.iterations,

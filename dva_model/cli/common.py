@@ -26,6 +26,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                         help="UNet precision (GroupNorm stays fp32; encoders always fp32)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="frames per UNet call")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the UNet in channels-last memory order (faster convolutions on most devices)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet (minutes of compiling on the first batch, then faster)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="CUDA only: compile the UNet into CUDA graphs (implies --compile)")
     parser.add_argument("--id-weights", type=Path, help="optional released model_ir_se50.pth")
     parser.add_argument("--landmark-weights", type=Path,
                         help="optional released mobilenet_224_model_best_gdconv_external.pth.tar")
@@ -36,7 +42,8 @@ def load_model_from_args(args: argparse.Namespace) -> DVAModel:
     files = None
     if args.id_weights or args.landmark_weights or args.parser_weights:
         files = EncoderFiles(identity=args.id_weights, landmarks=args.landmark_weights, parser=args.parser_weights)
-    return load_model(args.checkpoint, device=args.device, dtype=PRECISIONS[args.precision], encoder_files=files)
+    model = load_model(args.checkpoint, device=args.device, dtype=PRECISIONS[args.precision], encoder_files=files)
+    return model.prepare(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs)
 
 
 def add_attribute_options(parser: argparse.ArgumentParser, *, after: str = "") -> None:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"The output {args.output} must end in .safetensors.")
     if args.output.resolve() == args.source.resolve():
         raise UserError("The output must be a new file; the source is never overwritten.")
-    check_writable_file(args.output, what="the converted model")
+    check_writable_file(args.output, what="the converted model", make_parents=True)
     model = load_model(args.source)
     save_model(args.output, model, dtype=STORAGE[args.dtype])
     source_mb, output_mb = args.source.stat().st_size / 2**20, args.output.stat().st_size / 2**20

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_writable_file(args.out, what="the latent file")
+    check_writable_file(args.out, what="the latent file", make_parents=True)
     list_images(args.aligned)  # a missing or empty crop folder fails before the model loads
     model = load_model_from_args(args)
     names, crops = read_crops(args.aligned, size=model.image_size)

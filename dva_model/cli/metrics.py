@@ -94,7 +94,7 @@ def measure(source: Path, edited: Path, *, max_frames: Optional[int] = None,
 
 def run(args: argparse.Namespace) -> int:
     if args.out is not None:
-        check_writable_file(args.out, what="the metrics file")
+        check_writable_file(args.out, what="the metrics file", make_parents=True)
     result = measure(args.source, args.edited, max_frames=args.max_frames, models_dir=args.models_dir)
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)

@@ -187,7 +187,8 @@ def _training_clips(args: argparse.Namespace, device: torch.device):
     if videos:
         cache = args.aligned_cache or args.out / ALIGNED_DIR
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        align_videos(videos[rank::world], cache, landmarker=landmarker_from_args(args, device=str(device)),
+        landmarker = landmarker_from_args(args, device=str(device), one_clip=False)
+        align_videos(videos[rank::world], cache, landmarker=landmarker,
                      align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
                      callback=terminal_progress("align videos", enabled=not args.quiet and rank == 0))
         _barrier()

@@ -75,7 +75,7 @@ def _identities(args: argparse.Namespace, files):
 
 
 def run(args: argparse.Namespace) -> int:
-    check_writable_file(args.out, what="the direction file")
+    check_writable_file(args.out, what="the direction file", make_parents=True)
     table = read_labels(args.labels)
     if args.attributes:
         table = table.select(args.attributes)

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 DLIB_LANDMARK_FILE = "shape_predictor_68_face_landmarks.dat"
-DLIB_DETECT_MAX_SIDE = 1280  # frames larger than this are shrunk for HOG detection only (speed)
+# Frames larger than this are shrunk for HOG detection only; landmarks are placed at full resolution.
+# At 1080p, 640 instead of 1280 detects 4x faster with eye positions as close to full-size detection
+# (tools/benchmark_tracking.py: 0.10 vs 0.17 crop px mean).
+DLIB_DETECT_MAX_SIDE = 640
 INSIGHTFACE_INPUT_SIZE = (640, 640)
 INSIGHTFACE_THRESHOLD = 0.5
 BOX_COLUMNS = 5  # x0, y0, x1, y1, score

@@ -63,12 +63,16 @@ def _probe_folder(folder: Path, *, what: str, target: Path) -> None:
                         f"choose a writable folder.") from None
 
 
-def check_writable_file(path: PathLike, *, what: str = "the output") -> Path:
+def check_writable_file(path: PathLike, *, what: str = "the output", make_parents: bool = False) -> Path:
     """Refuse, before any work, an output file that cannot be written: a folder by that name, a missing
-    parent folder, or a folder where no file can be created (read-only, permission, full). Returns the path."""
+    parent folder (unless the writer makes it: ``make_parents``, as ``write_atomically`` does), or a
+    folder where no file can be created (read-only, permission, full). Returns the path."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"Cannot write {what} {path}: it is a folder; give a file name.")
+    if make_parents:
+        check_writable_folder(path.parent, what=what)
+        return path
     if not path.parent.is_dir():
         raise UserError(f"Cannot write {what} {path}: the folder {path.parent} does not exist; create it first.")
     _probe_folder(path.parent, what=what, target=path)

@@ -11,6 +11,8 @@ Runs, with the random Lightning checkpoint and classifier that make_reference.py
     x_T                              max |ours - ref| / max |ref| <= 1e-3
     decoded crops (PNG)              max |ours - ref| <= 2 / 255, unedited and edited
 Prints one line per check and a JSON report; exit status 0 when every check passes, 1 otherwise.
+``--unet-mode`` runs our side with a faster UNet path (channels-last and/or torch.compile) against the
+same reference outputs and tolerances.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ FEATURE_TOLERANCE = 1e-4  # z_id (unit vectors), z_lnd (in [0, 1]), mean identit
 X_T_RELATIVE_TOLERANCE = 1e-3  # max abs error over max abs value
 PIXEL_TOLERANCE = 2  # uint8 levels, i.e. 2/255
 CLI_BATCH = 4  # the reference's default --batch_size
+# Our side's UNet paths that run on a CPU (dva_model.nets.unet_runner.RUNNER_MODES) -> their CLI options.
+UNET_MODES = {
+    "eager": [],
+    "channels-last": ["--channels-last"],
+    "compile": ["--compile"],
+    "compile+channels-last": ["--compile", "--channels-last"],
+}
 
 
 @dataclass
@@ -81,14 +90,15 @@ def run_cli(python: str, arguments: list[str], log_path: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_ours(python: str, reference_out: Path, work: Path, metadata: dict) -> dict[str, float]:
-    """Encode, decode and decode-with-edit through our CLI; returns timings."""
+def run_ours(python: str, reference_out: Path, work: Path, metadata: dict,
+             unet_mode: str = "eager") -> dict[str, float]:
+    """Encode, decode and decode-with-edit through our CLI with the UNet path ``unet_mode``; returns timings."""
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "cli.log"
     log_path.write_text("")
     paths = {k: Path(v) for k, v in metadata["checkpoint"].items()}
     common = ["--checkpoint", str(paths["dva"]), "--device", "cpu", "--precision", "fp32",
-              "--batch-size", str(CLI_BATCH)]
+              "--batch-size", str(CLI_BATCH), *UNET_MODES[unet_mode]]
     steps = ["--steps", str(metadata["steps"])]
     latent = work / "latent.safetensors"
     edit = f"{metadata['attribute']}:{metadata['scale']}"
@@ -148,6 +158,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs python -m dva_model")
     parser.add_argument("--skip-run", action="store_true", help="compare files our CLI already wrote")
     parser.add_argument("--report", type=Path, help="also write the JSON report here")
+    parser.add_argument("--unet-mode", choices=sorted(UNET_MODES), default="eager",
+                        help="our side's UNet path (the reference always runs eager fp32)")
     return parser.parse_args(argv)
 
 
@@ -156,13 +168,13 @@ def main(argv=None) -> int:
     reference_out = args.reference_out.resolve()
     work = (args.work or reference_out / "ours").resolve()
     _, metadata = read_reference(reference_out)
-    timings = {} if args.skip_run else run_ours(args.python, reference_out, work, metadata)
+    timings = {} if args.skip_run else run_ours(args.python, reference_out, work, metadata, args.unet_mode)
     checks = compare(reference_out, work)
     for check in checks:
         status = "PASS" if check.passed else "FAIL"
         print(f"{status}  {check.name:<22} {check.value:.3g} {check.unit} (tolerance {check.tolerance:g}) "
               f"{check.detail}")
-    report = {"passed": all(c.passed for c in checks), "steps": metadata["steps"],
+    report = {"passed": all(c.passed for c in checks), "steps": metadata["steps"], "unet_mode": args.unet_mode,
               "checks": [{**asdict(c), "passed": c.passed} for c in checks],
               "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     text = json.dumps(report, indent=2)

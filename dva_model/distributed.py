@@ -1,0 +1,118 @@
+"""Splitting a clip's frames across processes (``torchrun --nproc-per-node N``) and gathering them in order.
+
+Every process runs the same command. ``Workers.from_environment`` joins the process group torchrun
+describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one GPU per process when the
+device is CUDA, gloo on the CPU. ``shard`` gives each process a contiguous block of rows whose start is
+a multiple of the batch size, so every network call sees exactly the frames it would see in a single
+process (same batches, same kernels: the result is bit-identical, not merely close). ``gather`` puts
+the blocks back together in frame order.
+
+Without torchrun (no WORLD_SIZE) everything here is a no-op on one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+INIT_TIMEOUT = timedelta(minutes=30)  # ranks wait for each other during long stages (alignment, compile)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among ``world`` cooperating processes (rank 0 writes the outputs)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @classmethod
+    def from_environment(cls, device: str = "cpu") -> tuple["Workers", str]:
+        """Join torchrun's process group if there is one; returns (workers, this process's device).
+
+        On CUDA each process takes GPU ``LOCAL_RANK``; "cuda:K" given explicitly is kept only with one
+        process. Raises ValueError when torchrun started more processes than there are GPUs.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(), device
+        import torch.distributed as dist
+
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda"):
+            if local_rank >= torch.cuda.device_count():
+                raise ValueError(f"Process {rank} needs GPU {local_rank} but only {torch.cuda.device_count()} "
+                                 f"are visible; start at most that many processes per node.")
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=INIT_TIMEOUT)
+        log.info("process %d of %d on %s", rank, world, device)
+        return cls(rank=rank, world=world), device
+
+    def shard(self, count: int, *, align: int = 1) -> slice:
+        """This process's rows of ``count``: a contiguous block starting at a multiple of ``align``.
+
+        Blocks of ``align`` rows (the batch size) are dealt out as evenly as possible, earlier ranks
+        taking one more when they do not divide; a rank may get an empty slice on a short clip.
+        """
+        if align < 1:
+            raise ValueError(f"align must be at least 1, got {align}.")
+        blocks = -(-count // align)
+        per_rank, extra = divmod(blocks, self.world)
+        first = self.rank * per_rank + min(self.rank, extra)
+        last = first + per_rank + (1 if self.rank < extra else 0)
+        return slice(min(first * align, count), min(last * align, count))
+
+    def gather(self, part: Tensor, *, count: int, align: int = 1) -> Tensor:
+        """Every process's ``part`` (its ``shard(count, align=align)`` rows, [n, ...]) in row order, [count, ...].
+
+        All processes must call it with tensors of the same trailing shape and dtype; each gets the
+        whole result. With one process ``part`` is returned as it is.
+        """
+        if not self.distributed:
+            return part
+        import torch.distributed as dist
+
+        sizes = [self._peer(rank).shard(count, align=align) for rank in range(self.world)]
+        longest = max(s.stop - s.start for s in sizes)
+        # all_gather needs equal shapes, and NCCL tensors on this process's GPU
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else part.device
+        padded = part.new_zeros((longest, *part.shape[1:]), device=device)
+        padded[: len(part)] = part
+        pieces = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(pieces, padded)
+        return torch.cat([piece[: s.stop - s.start] for piece, s in zip(pieces, sizes)]).to(part.device)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _peer(self, rank: int) -> "Workers":
+        return Workers(rank=rank, world=self.world)
+
+
+def close(workers: Optional[Workers]) -> None:
+    """Leave the process group (end of a torchrun command)."""
+    if workers is not None and workers.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
