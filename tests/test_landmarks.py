@@ -153,11 +153,11 @@ def test_backend_tables_are_the_names_every_interface_offers(comfy_host):
     assert tuple(lm.DETECTORS) == typing.get_args(lm.DetectorName)
     assert tuple(lm.LANDMARK_MODELS) == typing.get_args(lm.LandmarkName)
     assert ALIGN_METHODS == typing.get_args(AlignMethod)
-    node = DVAFaceAlign.INPUT_TYPES()["required"]
+    node = {item.id: item.options for item in DVAFaceAlign.define_schema().inputs}
     parser = argparse.ArgumentParser()
     add_face_options(parser)
     cli = {action.dest: action for action in parser._actions}
     for option, table in [("detector", lm.DETECTORS), ("landmarks", lm.LANDMARK_MODELS)]:
-        assert node[option][0] == list(table) and tuple(cli[option].choices) == tuple(table)
-        assert node[option][1]["default"] == cli[option].default == "dlib"  # the published backend
-    assert node["method"][0] == list(ALIGN_METHODS) == list(cli["align_method"].choices)
+        assert node[option]["options"] == list(table) and tuple(cli[option].choices) == tuple(table)
+        assert node[option]["default"] == cli[option].default == "dlib"  # the published backend
+    assert node["method"]["options"] == list(ALIGN_METHODS) == list(cli["align_method"].choices)
