@@ -8,6 +8,7 @@ model in the released Lightning format, the clip a real talking-face video. DVA_
 sets how many frames to edit (default 4; 0 = the whole clip).
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -64,11 +66,19 @@ def server_process(tmp_path_factory, tiny_checkpoint):
     _release_classifier(models / "diffusion_video_autoencoder_cls" / "last.ckpt")
     paths = root / "extra_model_paths.yaml"
     paths.write_text(f"dva_test:\n  custom_nodes: {packs}\n  dva: {models}\n")
+    with running_comfyui(root, base, paths) as url:
+        yield url, root / "comfy.log"
+
+
+@contextlib.contextmanager
+def running_comfyui(root: Path, base: Path, paths: Path, env: Optional[dict] = None):
+    """Start ComfyUI (base folder ``base``, extra paths ``paths``, log in ``root``); yield its URL; stop it."""
     port = _free_port()
     log = open(root / "comfy.log", "w")
     command = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
                "--base-directory", str(base), "--extra-model-paths-config", str(paths)]
-    process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -80,7 +90,7 @@ def server_process(tmp_path_factory, tiny_checkpoint):
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"ComfyUI did not start:\n{(root / 'comfy.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url, root / "comfy.log"
+        yield url
     finally:
         process.terminate()
         try:

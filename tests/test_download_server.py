@@ -7,9 +7,6 @@ loaders' outputs go to core's PreviewAny so that the graph has an output.
 
 import hashlib
 import json
-import os
-import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -17,7 +14,7 @@ import pytest
 from drive_standin import DriveStandIn, serve
 from dva_model.formats.download import DRIVE_URL_ENV
 from dva_model.formats.release import CHECKPOINT, CLASSIFIER, CONVERTED_MODEL, LATENT_STATS, MANIFEST_NAME
-from test_comfy_server import COMFYUI_DIR, REPO, STARTUP_TIMEOUT_S, _free_port, _python, api
+from test_comfy_server import REPO, api, running_comfyui
 from test_comfy_server import pytestmark  # noqa: F401  (skipped without COMFYUI_DIR)
 from test_download import release  # noqa: F401  (the served files)
 
@@ -44,34 +41,10 @@ def comfy(tmp_path_factory, drive):
     (base / "custom_nodes").mkdir(parents=True)
     packs.mkdir()
     (packs / "ComfyUI-DVA").symlink_to(REPO)
-    port = _free_port()
-    log = open(root / "comfy.log", "w")
-    command = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-               "--base-directory", str(base)]
     paths = root / "extra_model_paths.yaml"
     paths.write_text(f"dva_download_test:\n  custom_nodes: {packs}\n")
-    command += ["--extra-model-paths-config", str(paths)]
-    process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, DRIVE_URL_ENV: drive.url})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                urllib.request.urlopen(url + "/system_stats", timeout=5).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not start:\n{(root / 'comfy.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+    with running_comfyui(root, base, paths, env={DRIVE_URL_ENV: drive.url}) as url:
         yield url, base / "models" / "dva"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def _prompt(download: bool) -> dict:
