@@ -65,12 +65,16 @@ def _sha256(path) -> str:
 
 def test_loaders_fetch_missing_files_only_when_asked(comfy, drive, release):  # noqa: F811
     server, models = comfy
-    history = api.run_prompt(server, _prompt(download=False), timeout_s=RUN_TIMEOUT_S)
-    with pytest.raises(api.WorkflowError) as error:
-        api.check_success(history)
-    message = str(error.value)
-    assert "turn on download_if_missing in this loader or run `python -m dva_model download --what dva --to" in message
-    assert "Traceback" not in message and drive.requests == []
+    # One loader a prompt: with both, ComfyUI's execution order decides which failure is reported.
+    prompt = _prompt(download=False)
+    for what, loader_nodes in (("dva", ("1", "2")), ("classifier", ("3", "4"))):
+        history = api.run_prompt(server, {key: prompt[key] for key in loader_nodes}, timeout_s=RUN_TIMEOUT_S)
+        with pytest.raises(api.WorkflowError) as error:
+            api.check_success(history)
+        message = str(error.value)
+        assert f"turn on download_if_missing in this loader or run `python -m dva_model download --what {what} --to" \
+            in message
+        assert "Traceback" not in message and drive.requests == []
 
     events = []
     history = api.run_prompt(server, _prompt(download=True), timeout_s=RUN_TIMEOUT_S,
