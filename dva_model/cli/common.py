@@ -23,7 +23,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                         help="UNet precision (GroupNorm stays fp32; encoders always fp32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="frames per UNet call")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="frames per network call (default 0: from the GPU's free memory; 8 on the CPU)")
     parser.add_argument("--id-weights", type=Path, help="optional released model_ir_se50.pth")
     parser.add_argument("--landmark-weights", type=Path,
                         help="optional released mobilenet_224_model_best_gdconv_external.pth.tar")
@@ -34,7 +35,14 @@ def load_model_from_args(args: argparse.Namespace) -> DVAModel:
     files = None
     if args.id_weights or args.landmark_weights or args.parser_weights:
         files = EncoderFiles(identity=args.id_weights, landmarks=args.landmark_weights, parser=args.parser_weights)
-    return load_model(args.checkpoint, device=args.device, dtype=PRECISIONS[args.precision], encoder_files=files)
+    if args.batch_size < 0:
+        raise UserError(f"--batch-size must be 0 (automatic) or more, got {args.batch_size}.")
+    model = load_model(args.checkpoint, device=args.device, dtype=PRECISIONS[args.precision], encoder_files=files)
+    if args.batch_size == 0:  # resolved once here, so every command sees a real batch size
+        from dva_model.stages import auto_batch_size
+
+        args.batch_size = auto_batch_size(args.device, model.image_size)
+    return model
 
 
 def add_identity_edit_options(parser: argparse.ArgumentParser) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 from dva_model.face.align import AlignConfig
 from dva_model.cli.align import add_face_options, add_video_options, landmarker_from_args, selection_from_args
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
-                                       load_model_from_args)
+                                  load_model_from_args, model_fingerprint)
 from dva_model.errors import UserError
 from dva_model.face.landmarks import TrackConfig
 from dva_model.face.paste import MASK_PRESETS, PasteConfig
-from dva_model.pipeline import DEFAULT_STEPS, EditConfig, align_video, check_output_path, edit_clip
+from dva_model.pipeline import DEFAULT_STEPS, EditConfig, check_output_path, edit_tracked, track_video
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.formats.video import DEFAULT_CRF
 
@@ -44,6 +44,9 @@ def add_parser(subparsers) -> None:
                         help="frame: blend at full resolution (only masked pixels change); release: paste the whole square")
     parser.add_argument("--lossless", action="store_true", help="exact RGB output (libx264rgb, large files)")
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help=f"x264 quality (default {DEFAULT_CRF})")
+    parser.add_argument("--save-latent", type=Path,
+                        help="keep the clip's encoding (crops, z_id, z_lnd, x_T) in this .safetensors file "
+                             "(default: a temporary file beside --out, removed at the end)")
     parser.set_defaults(func=run)
 
 
@@ -59,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     selection = selection_from_args(args)
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
     # Faces first: a video without a face fails before the (large) model is loaded.
-    clip = align_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
-                       align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
-                       chunk_size=config.chunk_frames, device=args.device, stage_progress=progress)
+    faces = track_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
+                        align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
+                        chunk_size=config.chunk_frames, callback=progress("faces"))
     model = load_model_from_args(args)
-    result = edit_clip(clip, args.video, args.out, model, classifier=edits.classifier, config=config,
-                       selection=selection, stage_progress=progress)
+    result = edit_tracked(faces, args.video, args.out, model, classifier=edits.classifier, config=config,
+                          selection=selection, latent_path=args.save_latent, model_id=model_fingerprint(args.checkpoint),
+                          stage_progress=progress)
     for first, last in result.untouched:
         log.warning("no face in frames %d-%d: copied unchanged", first, last)
     log.info("wrote %s (%d frames, %d edited)", result.path, result.frames, result.edited)
