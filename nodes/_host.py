@@ -97,19 +97,55 @@ def model_files(*suffixes: str) -> list:
     return sorted(name for name in names if not suffixes or name.lower().endswith(suffixes))
 
 
-def model_path(name: str) -> Path:
-    """Absolute path of models/dva file ``name``, or one sentence saying where to put it."""
+def model_path(name: str, *, download: bool = False) -> Path:
+    """Absolute path of models/dva file ``name``, or one sentence saying how to get it.
+
+    download: fetch a released file that is missing into ComfyUI/models/dva first (the loaders'
+    "download_if_missing" option; never without it).
+    """
     import folder_paths
+    from dva_model.formats.release import release_file_for
 
     register_model_folder()
     path = folder_paths.get_full_path(MODEL_FOLDER, name)
-    if path is None:
-        folders = ", ".join(folder_paths.get_folder_paths(MODEL_FOLDER))
-        raise FileNotFoundError(
-            f"The model file {name!r} is not in ComfyUI's models/dva folder ({folders}); put it there "
-            "(see the README for where to download it) and refresh."
-        )
-    return Path(path)
+    group = release_file_for(name)
+    if path is None and download and group is not None:
+        download_release(group)
+        path = folder_paths.get_full_path(MODEL_FOLDER, name)
+    if path is not None:
+        return Path(path)
+    folders = ", ".join(folder_paths.get_folder_paths(MODEL_FOLDER))
+    if group is None:
+        raise FileNotFoundError(f"The model file {name!r} is not in ComfyUI's models/dva folder ({folders}); "
+                                "put it there (see the README for where it comes from) and refresh.")
+    raise FileNotFoundError(
+        f"The model file {name!r} is not in ComfyUI's models/dva folder ({folders}); turn on download_if_missing "
+        f"in this loader or run `python -m dva_model download --what {group} --to {download_folder()}`."
+    )
+
+
+def download_folder() -> str:
+    """Where the loaders download to: ComfyUI/models/dva."""
+    import folder_paths
+
+    return os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+
+
+def download_release(group: str) -> None:
+    """Fetch released ``group`` ("dva", "classifier") into ComfyUI/models/dva, with a progress bar."""
+    from dva_model.formats.release import fetch_release
+
+    log.info("ComfyUI-DVA: downloading the released %s files into %s", group, download_folder())
+    fetch_release(Path(download_folder()), (group,), progress=lambda name: progress_callback())
+
+
+def with_release_names(names: list, *suffixes: str) -> list:
+    """``names`` plus the released files (with ``suffixes``) not there yet, so that a loader can offer
+    them for download_if_missing and a workflow naming them validates before they exist."""
+    from dva_model.formats.release import known_names
+
+    missing = [name for name in known_names() if name.lower().endswith(suffixes) and name not in names]
+    return sorted(set(names) | set(missing))
 
 
 def input_files(*suffixes: str) -> list:

@@ -45,14 +45,20 @@ def _scale_input():
             "negative values push the other way)."})
 
 
-def load_clip_handle(weights: str, device: torch.device) -> ModelHandle:
-    """The process-wide CLIP directional loss for (weights, device): one resident copy, as for DVA models."""
-    from dva_model.edit.clip_loss import clip_loss_for, find_cached_clip_weights, load_clip
+def load_clip_handle(weights: str, device: torch.device, *, download: bool = False) -> ModelHandle:
+    """The process-wide CLIP directional loss for (weights, device): one resident copy, as for DVA models.
+
+    download: with the cached-weights choice, fetch OpenAI's ViT-B/16 through open_clip when no cache has it.
+    """
+    from dva_model.edit.clip_loss import clip_loss_for, download_clip_weights, find_cached_clip_weights, load_clip
 
     path = find_cached_clip_weights() if weights == CACHED_WEIGHTS else model_path(weights)
+    if path is None and download:
+        path = download_clip_weights()
     if path is None:
-        raise FileNotFoundError("No OpenAI CLIP ViT-B/16 in the local caches (~/.cache/clip/ViT-B-16.pt); put "
-                                "ViT-B-16.pt into ComfyUI's models/dva folder and pick it in DVA CLIP Loader.")
+        raise FileNotFoundError("No OpenAI CLIP ViT-B/16 in the local caches; turn on download_if_missing in DVA "
+                                "CLIP Loader, run `python -m dva_model download --what clip`, or put ViT-B-16.pt "
+                                "into ComfyUI's models/dva folder and pick it.")
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
     with _clip_lock:
@@ -73,7 +79,7 @@ def load_clip_handle(weights: str, device: torch.device) -> ModelHandle:
 
 
 class DVACLIPLoader:
-    """Loads OpenAI's CLIP ViT-B/16 for text-driven edits (never downloads)."""
+    """Loads OpenAI's CLIP ViT-B/16 for text-driven edits (downloads only with download_if_missing)."""
 
     CATEGORY = "DVA"
     DESCRIPTION = ("Loads the CLIP model of the published text-driven edit: OpenAI's ViT-B/16 from the local "
@@ -91,12 +97,14 @@ class DVACLIPLoader:
                         "OpenAI's ViT-B-16.pt (as cached by the clip / open_clip packages), or such a file "
                         "placed in models/dva."}),
             "device": (list(DEVICES), {"default": "auto", "tooltip": "'auto' runs on ComfyUI's compute device."}),
-        }}
+        }, "optional": {"download_if_missing": ("BOOLEAN", {"default": False, "tooltip":
+            "With the local-cache choice and no cached copy: download OpenAI's ViT-B/16 (about 600 MB) through "
+            "open_clip into its cache first. Off: nothing is downloaded."})}}
 
     @classmethod
-    def execute(cls, weights, device):
+    def execute(cls, weights, device, download_if_missing=False):
         require_all("DVA CLIP Loader", REQUIRES)
-        return (load_clip_handle(weights, resolve_device(device)),)
+        return (load_clip_handle(weights, resolve_device(device), download=download_if_missing),)
 
 
 class DVACLIPEdit:

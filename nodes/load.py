@@ -1,12 +1,19 @@
 """Loader nodes: the DVA model (one resident copy per file, precision and device) and attribute directions."""
 
 from ._host import DEVICES, PRECISIONS, load_dva_model, model_files, model_path, resolve_device, resolve_dtype
+from ._host import with_release_names
 from .types import CLASSIFIER, MODEL
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
 CLASSIFIER_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
 STATS_SUFFIXES = (".pkl", ".pt", ".pth")
 NO_STATS = "none"
+
+
+def download_input(what: str):
+    return ("BOOLEAN", {"default": False, "tooltip":
+            f"When the chosen file is not in ComfyUI/models/dva, download {what} from the authors' public "
+            "release first (several GB for the DVA; progress shows on this node). Off: nothing is downloaded."})
 
 
 class DVAModelLoader:
@@ -26,19 +33,21 @@ class DVAModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": (model_files(*CHECKPOINT_SUFFIXES), {
-                "tooltip": "DVA checkpoint in ComfyUI/models/dva (released .ckpt or converted .safetensors)."}),
+            "checkpoint": (with_release_names(model_files(*CHECKPOINT_SUFFIXES), *CHECKPOINT_SUFFIXES), {
+                "tooltip": "DVA checkpoint in ComfyUI/models/dva (released .ckpt or converted .safetensors); "
+                           "`python -m dva_model download` fetches both."}),
             "precision": (list(PRECISIONS), {"default": "auto", "tooltip":
                 "UNet weight precision; 'auto' picks bf16/fp16 on a GPU that runs them fast, fp32 on the CPU. "
                 "GroupNorm and the face encoders always compute in fp32."}),
             "device": (list(DEVICES), {"default": "auto", "tooltip":
                 "'auto' runs on ComfyUI's compute device (the GPU unless ComfyUI was started with --cpu)."}),
-        }}
+        }, "optional": {"download_if_missing": download_input("the released DVA and convert it")}}
 
     @classmethod
-    def execute(cls, checkpoint, precision, device):
+    def execute(cls, checkpoint, precision, device, download_if_missing=False):
         target = resolve_device(device)
-        return (load_dva_model(model_path(checkpoint), device=target, dtype=resolve_dtype(precision, target)),)
+        path = model_path(checkpoint, download=download_if_missing)
+        return (load_dva_model(path, device=target, dtype=resolve_dtype(precision, target)),)
 
 
 class DVAClassifierLoader:
@@ -58,16 +67,17 @@ class DVAClassifierLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "classifier": (model_files(*CLASSIFIER_SUFFIXES), {
+            "classifier": (with_release_names(model_files(*CLASSIFIER_SUFFIXES), *CLASSIFIER_SUFFIXES), {
                 "tooltip": "Classifier checkpoint (released last.ckpt) or direction .safetensors in models/dva."}),
-            "latent_stats": ([NO_STATS] + model_files(*STATS_SUFFIXES), {"default": NO_STATS, "tooltip":
+            "latent_stats": ([NO_STATS] + with_release_names(model_files(*STATS_SUFFIXES), *STATS_SUFFIXES), {"default": NO_STATS, "tooltip":
                 "The release's latent.pkl (identity mean/std); only needed when the classifier file lacks its "
                 "own statistics (the released last.ckpt has them)."}),
-        }}
+        }, "optional": {"download_if_missing": download_input("the released classifier and latent.pkl")}}
 
     @classmethod
-    def execute(cls, classifier, latent_stats):
+    def execute(cls, classifier, latent_stats, download_if_missing=False):
         from dva_model.edit.classifier import load_classifier
 
-        stats = None if latent_stats == NO_STATS else model_path(latent_stats)
-        return (load_classifier(model_path(classifier), latent_stats=stats),)
+        path = model_path(classifier, download=download_if_missing)
+        stats = None if latent_stats == NO_STATS else model_path(latent_stats, download=download_if_missing)
+        return (load_classifier(path, latent_stats=stats),)

@@ -293,7 +293,7 @@ def test_load_clip_reads_every_supported_file_and_never_downloads(tmp_path, monk
 
     monkeypatch.setattr(clip_loss_module, "OPENAI_CACHE_FILE", tmp_path / "cache" / "ViT-B-16.pt")
     monkeypatch.setattr(clip_loss_module, "HF_CACHE_REPO", "nobody/no-such-clip")
-    with pytest.raises(ModelFileError, match="allow the download"):
+    with pytest.raises(ModelFileError, match="dva_model download --what clip"):
         load_clip()
     (tmp_path / "cache").mkdir()
     (tmp_path / "ViT-B-16.pt").rename(tmp_path / "cache" / "ViT-B-16.pt")

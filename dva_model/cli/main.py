@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from dva_model.errors import UserError
 
 # Module names under dva_model/cli, in the order ``--help`` lists them.
-COMMANDS = ("encode", "decode", "convert", "align", "edit", "clip_edit", "train_direction", "train", "metrics")
+COMMANDS = ("download", "encode", "decode", "convert", "align", "edit", "clip_edit", "train_direction", "train", "metrics")
 
 log = logging.getLogger("dva_model")
 

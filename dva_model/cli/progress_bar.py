@@ -5,8 +5,10 @@ from typing import Optional
 from dva_model.progress import ProgressCallback
 
 
-def terminal_progress(description: str, *, enabled: bool = True) -> Optional[ProgressCallback]:
-    """Return a ``callback(done, total)`` drawing a tqdm bar on stderr, or None when disabled."""
+def terminal_progress(description: str, *, enabled: bool = True, unit: str = "step") -> Optional[ProgressCallback]:
+    """Return a ``callback(done, total)`` drawing a tqdm bar on stderr, or None when disabled.
+
+    unit "B" counts bytes (shown as kB / MB / GB)."""
     if not enabled:
         return None
     from tqdm import tqdm
@@ -18,7 +20,7 @@ def terminal_progress(description: str, *, enabled: bool = True) -> Optional[Pro
         if bar is None or bar.total != total:
             if bar is not None:
                 bar.close()
-            bar = tqdm(total=total, desc=description, unit="step", leave=False)
+            bar = tqdm(total=total, desc=description, unit=unit, unit_scale=unit == "B", leave=False)
         bar.n = done
         bar.refresh()
         if done >= total:

@@ -65,6 +65,7 @@ RELEASE_VISION_WIDTH: Final = 768
 OPENAI_CACHE_FILE: Final = Path("~/.cache/clip/ViT-B-16.pt")  # where OpenAI's clip and open_clip keep it
 HF_CACHE_REPO: Final = "timm/vit_base_patch16_clip_224.openai"  # open_clip's hub copy of the same weights
 HF_CACHE_FILES: Final = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CLIP_MANIFEST_KEY: Final = "clip/ViT-B-16 (openai)"  # its entry in the download manifest
 HEAD_WIDTH: Final = 64  # CLIP attention head width: heads = width // 64 in both towers
 # Entries some exports carry beside the weights: OpenAI's archive stores three ints, traced open_clip
 # models the causal mask (a non-persistent buffer of open_clip's CLIP).
@@ -164,6 +165,27 @@ def find_cached_clip_weights() -> Optional[Path]:
     return None
 
 
+def download_clip_weights() -> Path:
+    """Fetch OpenAI's ViT-B/16 with open_clip's own download (its Hugging Face copy, else OpenAI's URL)
+    into open_clip's cache, where ``find_cached_clip_weights`` finds it; return the file.
+
+    Only for an explicit request (the ``download`` command, ``--download-clip``, a node option)."""
+    try:
+        from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+    except ImportError:
+        raise ModelFileError("Downloading CLIP needs the package open-clip-torch: pip install open-clip-torch") from None
+
+    logger.info("Downloading OpenAI CLIP %s through open_clip.", RELEASE_CLIP_NAME)
+    try:
+        path = download_pretrained(get_pretrained_cfg(RELEASE_CLIP_NAME, "openai"))
+    except (OSError, RuntimeError) as error:
+        raise ModelFileError(f"open_clip could not download OpenAI's {RELEASE_CLIP_NAME} ({error}); check the "
+                             "network connection and try again.") from None
+    if not path or not Path(path).is_file():
+        raise ModelFileError(f"open_clip returned no file for OpenAI's {RELEASE_CLIP_NAME}.")
+    return Path(path)
+
+
 def read_clip_state(path: PathLike) -> Dict[str, Tensor]:
     """The state dict of a CLIP weight file: OpenAI's TorchScript ``.pt``, an open_clip ``.safetensors``,
     or a ``.bin`` / ``.pt`` state dict (read with ``weights_only=True``)."""
@@ -241,19 +263,15 @@ def load_clip(weights: Optional[PathLike] = None, *, device: Union[str, torch.de
     open_clip model in eval mode on ``device``.
     """
     path = Path(weights) if weights is not None else find_cached_clip_weights()
-    if path is not None:
-        model = build_clip(read_clip_state(path))
-    elif allow_download:
-        import open_clip
-
-        logger.info("Downloading OpenAI CLIP %s through open_clip.", RELEASE_CLIP_NAME)
-        model = open_clip.create_model(RELEASE_CLIP_NAME, pretrained="openai").eval().requires_grad_(False)
-    else:
+    if path is None and allow_download:
+        path = download_clip_weights()
+    if path is None:
         raise ModelFileError(
             f"No CLIP weights given and none cached ({OPENAI_CACHE_FILE} or the Hugging Face cache of "
-            f"{HF_CACHE_REPO}); pass the OpenAI ViT-B-16.pt file, or allow the download explicitly."
+            f"{HF_CACHE_REPO}); pass the OpenAI ViT-B-16.pt file, or fetch it with "
+            "`python -m dva_model download --what clip`."
         )
-    return model.to(device)
+    return build_clip(read_clip_state(path)).to(device)
 
 
 def clip_loss_for(clip_model: nn.Module) -> ClipDirectionalLoss:
