@@ -52,6 +52,11 @@ class FaceTracks:
         """Source frame number of each crop row."""
         return [self.indices[row] for row in self.face_rows]
 
+    @property
+    def selection(self) -> FrameSelection:
+        """The frame selection that gives ``indices`` (for decoding the frames again)."""
+        return FrameSelection(start=self.indices.start, stride=self.indices.step, max_frames=len(self.indices))
+
     def crop_rows(self, positions: range) -> slice:
         """The crop rows of the frames at ``positions`` (a run of consecutive positions)."""
         before = int(self.has_face[: positions.start].sum())

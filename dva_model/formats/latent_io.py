@@ -18,6 +18,7 @@ takes rows without loading (or memory-mapping) the rest. It is a plain safetenso
 ``load_latent`` and any safetensors reader open it too.
 """
 
+import functools
 import json
 import math
 import os
@@ -253,6 +254,47 @@ class LatentFile:
 
     def __exit__(self, kind, value, traceback) -> None:
         self.close()  # an unfinished file (no commit) is deleted
+
+
+@dataclass(frozen=True)
+class StoredLatent:
+    """A finished latent file, by path: the per-frame features and identity are read when first asked
+    for (small: ~2.5 kB a frame), x_T and the crops only through ``open()`` a few rows at a time.
+
+    It answers like a ``Latent`` for the small fields (``z_id``, ``z_lnd``, ``identity``, ``steps``,
+    ``model_id``, ``frame_names``) so code that needs only those takes either; ``load()`` gives a
+    whole ``Latent`` (for short clips).
+    """
+
+    path: Path
+
+    def open(self) -> LatentFile:
+        return LatentFile.open(self.path)
+
+    @functools.cached_property
+    def _small(self) -> dict:
+        with self.open() as file:
+            return {"z_id": file.read("z_id"), "z_lnd": file.read("z_lnd"), "identity": file.read("identity"),
+                    "steps": file.steps, "model_id": file.model_id, "frame_names": file.frame_names,
+                    "frames": file.frames, "image_size": file.image_size}
+
+    z_id = property(lambda self: self._small["z_id"])
+    z_lnd = property(lambda self: self._small["z_lnd"])
+    identity = property(lambda self: self._small["identity"])
+    steps = property(lambda self: self._small["steps"])
+    model_id = property(lambda self: self._small["model_id"])
+    frame_names = property(lambda self: self._small["frame_names"])
+    frames = property(lambda self: self._small["frames"])
+
+    @property
+    def x_T(self) -> Tensor:
+        """Every x_T [N, 3, H, W], read now and not kept (prefer ``open().chunks("x_T", n)``)."""
+        with self.open() as file:
+            return file.read("x_T")
+
+    def load(self) -> Latent:
+        with self.open() as file:
+            return file.to_latent()
 
 
 def _write_all(fd: int, data, offset: int) -> None:
