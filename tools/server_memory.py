@@ -29,6 +29,15 @@ from tools import edit_memory, run_workflow as api  # noqa: E402
 STARTUP_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 7200
 CHECKPOINT_NAME = "dva_tiny.safetensors"
+CLASSIFIER_NAME = "classifier_random.ckpt"
+
+
+def random_classifier(path: Path) -> Path:
+    """A random attribute classifier in the release's layout (as the tests make one)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_workflows import _release_classifier
+
+    return path if path.is_file() else _release_classifier(path)
 
 
 def _free_port() -> int:
@@ -52,8 +61,9 @@ def run_once(args, checkpoint: Path, video: Path, name: str) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
     if not (packs / "ComfyUI-DVA").exists():
         (packs / "ComfyUI-DVA").symlink_to(REPO)
-    if not (models / CHECKPOINT_NAME).exists():
-        (models / CHECKPOINT_NAME).symlink_to(checkpoint)
+    for name, target in ((CHECKPOINT_NAME, checkpoint), (CLASSIFIER_NAME, args.work / CLASSIFIER_NAME)):
+        if not (models / name).exists():
+            (models / name).symlink_to(target)
     paths = root / "extra_model_paths.yaml"
     paths.write_text(f"dva_memory:\n  custom_nodes: {packs}\n  dva: {models}\n")
     port = _free_port()
@@ -74,7 +84,7 @@ def run_once(args, checkpoint: Path, video: Path, name: str) -> dict:
                     time.sleep(1)
             workflow = json.loads(args.workflow.read_text())
             api.set_video(workflow, api.upload(url, video))
-            api.set_inputs(workflow, [f"checkpoint={CHECKPOINT_NAME}"] + args.set)
+            api.set_inputs(workflow, [f"checkpoint={CHECKPOINT_NAME}", f"classifier={CLASSIFIER_NAME}"] + args.set)
             idle_kb = _peak_kb(process.pid)
             start = time.perf_counter()
             history = api.run_prompt(url, workflow, timeout_s=RUN_TIMEOUT_S)
@@ -109,6 +119,7 @@ def main() -> None:
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     checkpoint = edit_memory.tiny_checkpoint(args.work / CHECKPOINT_NAME)
+    random_classifier(args.work / CLASSIFIER_NAME)
     video = args.video.resolve()
     clips = {"short": video, "long": edit_memory.repeated_clip(video, args.work / f"x{args.repeat}.mp4", args.repeat)}
     results = {}
