@@ -1,9 +1,12 @@
-"""Fixed numbers of the published Diffusion Video Autoencoder (Kim et al., CVPR 2023).
+"""Fixed numbers of the published Diffusion Video Autoencoder (Kim et al., CVPR 2023), and the one table
+of weight precisions.
 
 Every magic number of the method is named once here; modules import it from this file.
 """
 
-from typing import Final
+from typing import Dict, Final, Literal
+
+import torch
 
 # Feature sizes (paper, section 3).
 ID_DIM: Final = 512  # z_id: ArcFace IR-SE50 embedding, unit length per frame
@@ -39,3 +42,7 @@ CELEBA_ATTRIBUTES: Final = (
     "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
     "Wearing_Necktie", "Young",
 )
+
+# Weight precisions the UNet may run in, by the names every interface offers (CLI, nodes, trainer).
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: Final[Dict[str, torch.dtype]] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

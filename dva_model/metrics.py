@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from dva_model.errors import ModelFileError
-from dva_model.face.landmarks import (DlibDetector, DlibLandmarks, choose_face, find_dlib_file, find_dlib_landmark_model,
-                                 import_dlib)
+from dva_model.face.landmarks import DlibDetector, DlibLandmarks, find_dlib_file, find_dlib_landmark_model, import_dlib
+from dva_model.face.tracking import choose_face
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class DlibFaceEmbedder:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"Frames must be uint8 [N, H, W, 3] RGB, got {images.dtype} {tuple(images.shape)}; "
-                f"convert with dva_model.formats.video.to_uint8."
+                f"convert with dva_model.formats.image_io.to_uint8."
             )
         rows = [self.embed_one(np.ascontiguousarray(image)) for image in images]
         missing = sum(bool(np.isnan(row).any()) for row in rows)

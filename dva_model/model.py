@@ -11,14 +11,13 @@ progress after every UNet call. Paper symbols (Kim et al., CVPR 2023, section 3)
 """
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from dva_model.diffusion import ddim_invert
-
-from dva_model.diffusion import ddim_sample
+from dva_model.diffusion import ddim_invert, ddim_sample
+from dva_model.diffusion.ddim_step import EpsModel, Sampler
 from dva_model.constants import ID_DIM
 from dva_model.nets.face_encoder import FaceEncoder
 from dva_model.progress import ProgressCallback, report
@@ -35,7 +34,8 @@ class DVAConfig:
     unet: UNetConfig
 
 
-def _batches(count: int, batch_size: int) -> Iterator[slice]:
+def batches(count: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``batch_size`` covering ``range(count)``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     for start in range(0, count, batch_size):
@@ -67,20 +67,8 @@ class DVAModel(nn.Module):
     def image_size(self) -> int:
         return self.config.unet.image_size
 
-    def _unet_dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     def _device(self) -> torch.device:
         return next(self.unet.parameters()).device
-
-    def _eps_model(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        """The UNet as the samplers call it: fp32 state in, fp32 epsilon out, weights' dtype inside."""
-        dtype = self._unet_dtype()
-
-        def eps(x_t: Tensor, t: Tensor, z_face: Tensor) -> Tensor:
-            return self.unet(x_t.to(dtype), t, z_face.to(dtype)).float()
-
-        return eps
 
     def _encoder_input(self, crops: Tensor) -> Tensor:
         return crops.to(self._device(), next(self.encoder.parameters()).dtype)
@@ -100,7 +88,7 @@ class DVAModel(nn.Module):
         """
         _check_crops(crops)
         z_id, z_lnd = [], []
-        chunks = list(_batches(len(crops), batch_size))
+        chunks = list(batches(len(crops), batch_size))
         for index, chunk in enumerate(chunks):
             x = self._encoder_input(crops[chunk])
             z_id.append(self.encoder.encode_identity(x).float())
@@ -125,15 +113,17 @@ class DVAModel(nn.Module):
         steps: int,
         batch_size: int = DEFAULT_BATCH_SIZE,
         callback: Optional[ProgressCallback] = None,
+        sampler: Sampler = ddim_invert.SAMPLER,
     ) -> Tensor:
         """Deterministic DDIM inversion of every crop (S - 1 steps of an S-step schedule).
 
         crops: [N, 3, H, W] in [-1, 1]; z_id: [512] (the published choice: the clip's mean identity)
         or [N, 512]; z_lnd: [N, 102]. Returns x_T [N, 3, H, W] float32 on the model's device.
+        ``callback(done, total)`` counts ``sampler.model_calls(steps)`` UNet calls per batch.
         """
         _check_crops(crops)
         timesteps = respaced_timesteps(steps)
-        return self._run_sampler(ddim_invert.invert, crops, z_id, z_lnd, timesteps, batch_size, callback)
+        return self._run_sampler(sampler, crops, z_id, z_lnd, timesteps, batch_size, callback)
 
     @torch.no_grad()
     def decode(
@@ -145,23 +135,24 @@ class DVAModel(nn.Module):
         steps: int,
         batch_size: int = DEFAULT_BATCH_SIZE,
         callback: Optional[ProgressCallback] = None,
+        sampler: Sampler = ddim_sample.SAMPLER,
     ) -> Tensor:
         """DDIM decoding (eta = 0) of every frame's noise map under a (possibly edited) identity.
 
         x_T: [N, 3, H, W]; z_id: [512] or [N, 512]; z_lnd: [N, 102].
         Returns crops [N, 3, H, W] float32 in [-1, 1] on the model's device.
+        ``callback(done, total)`` counts ``sampler.model_calls(steps)`` UNet calls per batch.
         """
         timesteps = respaced_timesteps(steps)
-        return self._run_sampler(ddim_sample.sample, x_T, z_id, z_lnd, timesteps, batch_size, callback)
+        return self._run_sampler(sampler, x_T, z_id, z_lnd, timesteps, batch_size, callback)
 
-    def _run_sampler(self, sampler, x, z_id, z_lnd, timesteps, batch_size, callback) -> Tensor:
+    def _run_sampler(self, sampler: Sampler, x, z_id, z_lnd, timesteps, batch_size, callback) -> Tensor:
         if len(z_lnd) != len(x):
             raise ValueError(f"z_lnd has {len(z_lnd)} frames but the images have {len(x)}; pass one per frame.")
-        chunks = list(_batches(len(x), batch_size))
-        calls_per_chunk = len(timesteps) - 1 if sampler is ddim_invert.invert else len(timesteps)
-        counter = _StepCounter(callback, calls_per_chunk * len(chunks))
+        chunks = list(batches(len(x), batch_size))
+        counter = _StepCounter(callback, sampler.model_calls(len(timesteps)) * len(chunks))
         z_id = _per_frame_identity(z_id, len(x))
-        eps_model, out = self._eps_model(), []
+        eps_model, out = unet_eps(self.unet), []
         for chunk in chunks:
             z_face = self.face_condition(z_id[chunk], z_lnd[chunk])
             x_chunk = x[chunk].to(self._device(), torch.float32)
@@ -173,7 +164,18 @@ class DVAModel(nn.Module):
     def parse(self, crops: Tensor, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
         """BiSeNet face parsing: crops [N, 3, H, W] in [-1, 1] -> labels [N, H, W] int64 in 0..18."""
         _check_crops(crops)
-        return torch.cat([self.encoder.parse(self._encoder_input(crops[c])) for c in _batches(len(crops), batch_size)])
+        return torch.cat([self.encoder.parse(self._encoder_input(crops[c])) for c in batches(len(crops), batch_size)])
+
+
+def unet_eps(unet: nn.Module) -> EpsModel:
+    """The UNet as the samplers call it: fp32 state in, fp32 epsilon out, the weights' dtype inside;
+    autograd follows the caller."""
+    dtype = next(unet.parameters()).dtype
+
+    def eps(x_t: Tensor, t: Tensor, z_face: Tensor) -> Tensor:
+        return unet(x_t.to(dtype), t, z_face.to(dtype)).float()
+
+    return eps
 
 
 def mean_identity(z_id: Tensor) -> Tensor:

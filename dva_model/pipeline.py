@@ -23,13 +23,16 @@ import numpy as np
 import torch
 
 from dva_model.edit.classifier import EditNorm
+from dva_model.edit.identity import IdentityEdit, compose_identity_edits, identity_edits
 from dva_model.errors import UserError
 from dva_model.face.align import AlignConfig, inverse_coefficients
-from dva_model.face.landmarks import FaceLandmarker, TrackConfig
+from dva_model.face.landmarks import FaceLandmarker
+from dva_model.face.tracking import TrackConfig
 from dva_model.face.paste import PasteConfig, build_masks
 from dva_model.formats.latent_io import LatentFile
 from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection
-from dva_model.progress import ProgressCallback
+from dva_model.progress import ProgressCallback, StageProgress, report
+from dva_model.progress import no_progress as _no_progress
 from dva_model.stages import auto_batch_size, encode_video_to_file, invert_file, model_device, render_video
 from dva_model.tracks import AlignedClip, FaceTracks, align_in_memory, align_video, track_video
 
@@ -39,14 +42,8 @@ __all__ = ["AlignedClip", "FaceTracks", "align_in_memory", "align_video", "track
            "edit_video", "edit_tracked", "encode_to_latent_file", "save_alignment", "load_alignment"]
 
 PathLike = Union[str, os.PathLike]
-# Progress per stage: ``stage_progress("faces")`` returns the callback for that stage (or None).
-StageProgress = Callable[[str], Optional[ProgressCallback]]
 ALIGNMENT_FORMAT = "dva-alignment/1"
 DEFAULT_STEPS = 100  # the release uses 1000
-
-
-def _no_progress(_stage: str) -> Optional[ProgressCallback]:
-    return None
 
 
 def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[str]) -> Path:
@@ -122,6 +119,11 @@ class EditConfig:
     lossless: bool = False
     crf: int = DEFAULT_CRF
 
+    def identity_edits(self, classifier=None) -> tuple[IdentityEdit, ...]:
+        """``deltas`` then ``edits`` (on ``classifier``) as one edit sequence; refuses attribute edits
+        without a classifier."""
+        return identity_edits(deltas=self.deltas, attributes=self.edits, classifier=classifier, norm=self.edit_norm)
+
     def __post_init__(self) -> None:
         if self.steps < 2:
             raise ValueError(f"steps must be at least 2 for DDIM inversion, got {self.steps}.")
@@ -137,19 +139,6 @@ class EditResult:
     frames: int
     edited: int
     untouched: tuple[tuple[int, int], ...]  # inclusive source frame ranges without a face
-
-
-def edited_identity(identity: torch.Tensor, classifier, config: EditConfig) -> torch.Tensor:
-    """The clip identity [512] edited by ``config.deltas`` (CLIP identity deltas, first) and
-    ``config.edits`` (attribute directions); unchanged without edits."""
-    if not config.edits and not config.deltas:
-        return identity
-    if config.edits and classifier is None:
-        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
-    from dva_model.edit.clip_edit import combine_edits
-
-    return combine_edits(identity, deltas=config.deltas, classifier=classifier, attributes=config.edits,
-                         norm=config.edit_norm)
 
 
 def paste_masks(model, source: torch.Tensor, edited: torch.Tensor, frame_numbers: Sequence[int], *,
@@ -248,15 +237,14 @@ def edit_tracked(
     encoding (else a temporary file is used). ``on_edited(rows, crops)`` sees the edited crops.
     Stages: "encode", "invert", "decode", "paste".
     """
-    if config.edits and classifier is None:
-        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
+    edits = config.identity_edits(classifier)  # refuses attribute edits without a classifier
     batch = config.batch_size or auto_batch_size(model_device(model), model.image_size)
     chunk = max(config.chunk_frames, batch)
     with _work_latent(Path(out_path), latent_path) as work, \
             encode_to_latent_file(path, faces, model, work, steps=config.steps, selection=selection, batch_size=batch,
                                   chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress) as latent:
         identity = latent.read("identity")
-        edited = target(identity) if target is not None else edited_identity(identity, classifier, config)
+        edited = target(identity) if target is not None else compose_identity_edits(identity, edits)
         written = render_video(path, out_path, faces, latent, model, edited, selection=selection, paste=config.paste,
                                batch_size=batch, chunk_frames=chunk, crf=config.crf, lossless=config.lossless,
                                decode_callback=stage_progress("decode"), paste_callback=stage_progress("paste"),
@@ -287,8 +275,7 @@ def edit_video(
     no partial file is left at ``out_path`` on any error. Memory does not grow with the clip's length.
     """
     check_output_path(path, out_path)
-    if config.edits and classifier is None:
-        raise UserError("Attribute edits need an attribute classifier; pass --classifier.")
+    config.identity_edits(classifier)  # refuses attribute edits without a classifier before any work
     faces = track_video(path, landmarker, selection=selection, align=align, track=track,
                         chunk_size=config.chunk_frames, callback=stage_progress("faces"))
     return edit_tracked(faces, path, out_path, model, classifier=classifier, config=config, selection=selection,

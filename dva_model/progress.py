@@ -8,6 +8,13 @@ The callback may raise to cancel: ComfyUI's ProgressBar raises on Interrupt, the
 from typing import Callable, Optional
 
 ProgressCallback = Callable[[int, int], None]
+# Progress of a multi-stage job: ``stage_progress("invert")`` returns that stage's callback (or None).
+StageProgress = Callable[[str], Optional[ProgressCallback]]
+
+
+def no_progress(_stage: str) -> Optional[ProgressCallback]:
+    """The ``StageProgress`` that reports nothing."""
+    return None
 
 
 class Cancelled(Exception):

@@ -27,10 +27,11 @@ import torch
 
 from dva_model.constants import ID_DIM
 from dva_model.face.paste import (
-    PasteConfig, paste_back, run_bounds, smooth_rows, spatial_masks, temporal_radius,
+    PasteConfig, crop_rows, paste_frames, run_bounds, smooth_rows, spatial_masks, temporal_radius,
 )
 from dva_model.formats.latent_io import LatentFile
 from dva_model.formats.video import FrameSelection, VideoWriter, audio_window, to_uint8
+from dva_model.model import batches
 from dva_model.progress import ProgressCallback, report
 from dva_model.tracks import FaceTracks, decoded_chunks, iter_crops
 from dva_model.workers import Background, QueueStats, Sink
@@ -74,11 +75,6 @@ def _calls(rows: int, chunk: int, batch: int, per_batch: int) -> int:
     """Network calls to run ``rows`` frames in chunks of ``chunk`` and batches of ``batch``."""
     full, rest = divmod(rows, chunk)
     return per_batch * (full * -(-chunk // batch) + -(-rest // batch))
-
-
-def _row_chunks(count: int, size: int) -> Iterator[slice]:
-    for start in range(0, count, size):
-        yield slice(start, min(start + size, count))
 
 
 def encode_video_to_file(
@@ -129,7 +125,7 @@ def invert_file(
     Crops are read a chunk ahead in a worker thread; ``callback`` counts UNet calls.
     """
     counter = _CallCounter(callback, _calls(file.frames, chunk_frames, batch_size, steps - 1))
-    reads = ((rows, file.read("crops", rows), file.read("z_lnd", rows)) for rows in _row_chunks(file.frames, chunk_frames))
+    reads = ((rows, file.read("crops", rows), file.read("z_lnd", rows)) for rows in batches(file.frames, chunk_frames))
     with Background(reads, name="dva-read") as chunks:
         for rows, crops, z_lnd in chunks:
             x_T = model.invert(crops, identity, z_lnd, steps=steps, batch_size=batch_size, callback=counter)
@@ -203,14 +199,12 @@ def paste_chunk(
     on ``device``; frames without a face come back unchanged."""
     positions = np.arange(chunk.positions.start, chunk.positions.stop)
     work = frames.to(device).float() / 255.0
-    has_face = faces.has_face[positions]
-    if not has_face.any():
+    if chunk.edited is None:
         return work
-    pick = torch.as_tensor(np.cumsum(has_face) - 1).clamp(min=0)  # frame -> row of the chunk's crops
-    quads = np.where(has_face[:, None, None], faces.quads[positions], 0.0)
-    source = chunk.source[pick].to(device) if chunk.source is not None else None
-    return paste_back(work, chunk.edited[pick].to(device), chunk.masks[pick].to(device), quads,
-                      source=source, has_face=has_face, composite=composite)
+    rows = crop_rows(faces.has_face) - chunk.rows.start  # frame -> row of this chunk's crops (< 0: no face)
+    pasted, _ = paste_frames(work, positions, rows, chunk.edited, chunk.masks, faces.quads, crops=chunk.source,
+                             composite=composite)
+    return pasted
 
 
 def _edit_chunks(model, file: LatentFile, faces: FaceTracks, target: torch.Tensor, *, paste: PasteConfig,

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from dva_model.face.align import AlignConfig, align_frames, compute_quads
-from dva_model.face.landmarks import FaceLandmarker, FaceTrack, TrackConfig, track_faces
+from dva_model.face.landmarks import FaceLandmarker
+from dva_model.face.tracking import FaceTrack, TrackConfig, track_faces
 from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, FrameSelection, VideoInfo, iter_frames, probe
 from dva_model.progress import ProgressCallback, report
 from dva_model.workers import Background, QueueStats, background_map

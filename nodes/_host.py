@@ -23,6 +23,8 @@ from typing import Any, Callable, Tuple
 
 import torch
 
+from dva_model.constants import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 MODEL_FOLDER = "dva"
@@ -34,8 +36,9 @@ MODEL_CACHE_SIZE = 2
 UNET_BYTES_PER_FRAME = 1536 * 1024 * 1024
 MAX_AUTO_BATCH = 64
 
-PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEVICES = ("auto", "cpu")
+AUTO = "auto"
+PRECISION_CHOICES = (AUTO, *PRECISIONS)  # "auto" asks ComfyUI which 16-bit type the device runs fast
+DEVICES = (AUTO, "cpu")
 
 
 class MissingDependency(RuntimeError):
@@ -169,11 +172,20 @@ def input_path(name: str) -> Path:
     return Path(path)
 
 
-def file_fingerprint(name: str) -> str:
+def input_file_problem(name: str):
+    """True when input-folder file ``name`` exists, else the sentence saying so (a node's input validation)."""
+    try:
+        input_path(name)
+    except FileNotFoundError as error:
+        return str(error)
+    return True
+
+
+def input_fingerprint(name: str) -> str:
     """Path, size and modification time of an input-folder file: ComfyUI re-runs a loader when it changes."""
-    path = input_path(name)
-    stat = path.stat()
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    from dva_model.formats.files import file_fingerprint
+
+    return str(file_fingerprint(input_path(name)))
 
 
 def output_path(prefix: str, suffix: str) -> Tuple[Path, str, str]:
@@ -202,9 +214,9 @@ def resolve_device(choice: str) -> torch.device:
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     """'auto' picks bf16, else fp16, where ComfyUI deems them fast on ``device``, else fp32."""
-    if choice not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {choice!r}.")
-    if PRECISIONS[choice] is not None:
+    if choice not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {choice!r}.")
+    if choice != AUTO:
         return PRECISIONS[choice]
     import comfy.model_management as mm
 
@@ -285,44 +297,67 @@ class ModelHandle:
         return max(1, min(MAX_AUTO_BATCH, int(free * 0.8 // per_frame)))
 
 
-_cache: "OrderedDict[tuple, ModelHandle]" = OrderedDict()
-_cache_lock = threading.Lock()
+class HandleCache:
+    """A small process-wide LRU of ``ModelHandle``s keyed by (file fingerprint, dtype, device).
+
+    The fingerprint carries the file's size and modification time, so a replaced file is reloaded.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._handles: "OrderedDict[tuple, ModelHandle]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, *, device: torch.device, dtype: torch.dtype, model_id: Callable[[Any], str],
+            load: Callable[[Path, torch.device], Any]) -> ModelHandle:
+        """The handle of ``path``, built on first use: ``load(path, offload_device)`` -> torch module,
+        wrapped in a ModelPatcher that moves it between ``device`` and ComfyUI's offload device."""
+        from dva_model.formats.files import file_fingerprint
+
+        stamp = file_fingerprint(path)
+        key = (stamp, str(dtype), str(device))
+        with self._lock:
+            if key in self._handles:
+                self._handles.move_to_end(key)
+                return self._handles[key]
+        import comfy.model_management as mm
+        import comfy.model_patcher
+
+        offload = torch.device("cpu") if device.type == "cpu" else mm.unet_offload_device()
+        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; keep normal tensors
+            model = load(path, offload)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=offload)
+        handle = ModelHandle(model=model, patcher=patcher, model_id=model_id(stamp), device=device, dtype=dtype)
+        with self._lock:
+            self._handles[key] = handle
+            while len(self._handles) > self.size:
+                self._handles.popitem(last=False)
+        log.info("%s loaded for %s in %s", path.name, device, dtype)
+        return handle
+
+    def clear(self) -> None:
+        """Forget every handle (ComfyUI may still hold its own references)."""
+        with self._lock:
+            self._handles.clear()
+
+
+_dva_models = HandleCache(MODEL_CACHE_SIZE)
 
 
 def load_dva_model(path: Path, *, device: torch.device, dtype: torch.dtype) -> ModelHandle:
     """The process-wide DVA model for (file, dtype, device), loading it on first use.
 
-    The file's size and modification time are part of the key, so a replaced file is reloaded.
+    Its ``model_id`` is the file's ``model_id`` fingerprint, the one latents record.
     """
     from dva_model.formats.checkpoint import load_model
-    from dva_model.cli.common import model_fingerprint
 
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(dtype), str(device))
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    offload = torch.device("cpu") if device.type == "cpu" else mm.unet_offload_device()
-    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; keep normal tensors
-        model = load_model(path, device=offload, dtype=dtype)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=offload)
-    handle = ModelHandle(model=model, patcher=patcher, model_id=model_fingerprint(path), device=device, dtype=dtype)
-    with _cache_lock:
-        _cache[key] = handle
-        while len(_cache) > MODEL_CACHE_SIZE:
-            _cache.popitem(last=False)
-    log.info("DVA model %s loaded for %s in %s", path.name, device, dtype)
-    return handle
+    return _dva_models.get(path, device=device, dtype=dtype, model_id=lambda stamp: stamp.model_id,
+                           load=lambda file, offload: load_model(file, device=offload, dtype=dtype))
 
 
 def clear_model_cache() -> None:
     """Forget every cached model (tests; ComfyUI may still hold its own references)."""
-    with _cache_lock:
-        _cache.clear()
+    _dva_models.clear()
 
 
 # ---------------------------------------------------------------------------------------------

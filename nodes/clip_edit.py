@@ -1,18 +1,14 @@
 """Text-driven identity edits (the published CLIP edit): CLIP loader, the edit, and identity-delta files.
 
 DVA_CLIP carries a ``nodes._host.ModelHandle`` around ``dva_model.edit.clip_loss.ClipDirectionalLoss``;
-DVA_IDENTITY_DELTA a ``dva_model.edit.clip_edit.IdentityDelta``. A delta always acts on the identity's base,
-before the attribute edits chained onto it (whatever the node order), as ``clip_edit.combine_edits`` does.
+DVA_IDENTITY_DELTA a ``dva_model.edit.identity.IdentityDelta``. A delta always acts on the identity's base,
+before the attribute edits chained onto it (whatever the node order): ``compose_identity_edits``'s order.
 """
-
-import dataclasses
-import os
-import threading
 
 import torch
 
-from ._host import DEVICES, ModelHandle, input_path, model_files, model_path, output_path, progress_callback
-from ._host import require_all, resolve_device
+from ._host import DEVICES, HandleCache, ModelHandle, input_file_problem, input_fingerprint, input_path, model_files
+from ._host import model_path, output_path, progress_callback, require_all, resolve_device
 from .edit import NORMS
 from .encode import latent_files
 from .types import FACES, IDENTITY, LATENT, MODEL
@@ -29,8 +25,7 @@ MAX_SCALE = 5.0
 MAX_FRAME = 1 << 20
 TRAJECTORY_BATCH = 5  # the edit's one UNet call per iteration holds the 5 trajectory states
 
-_clip_cache: dict = {}
-_clip_lock = threading.Lock()
+_clips = HandleCache(1)  # keep one CLIP resident at most
 
 
 def _norm_input():
@@ -50,7 +45,8 @@ def load_clip_handle(weights: str, device: torch.device, *, download: bool = Fal
 
     download: with the cached-weights choice, fetch OpenAI's ViT-B/16 through open_clip when no cache has it.
     """
-    from dva_model.edit.clip_loss import clip_loss_for, download_clip_weights, find_cached_clip_weights, load_clip
+    from dva_model.edit.clip_loss import clip_loss_for, load_clip
+    from dva_model.formats.clip_weights import download_clip_weights, find_cached_clip_weights
 
     path = find_cached_clip_weights() if weights == CACHED_WEIGHTS else model_path(weights)
     if path is None and download:
@@ -59,23 +55,9 @@ def load_clip_handle(weights: str, device: torch.device, *, download: bool = Fal
         raise FileNotFoundError("No OpenAI CLIP ViT-B/16 in the local caches; turn on download_if_missing in DVA "
                                 "CLIP Loader, run `python -m dva_model download --what clip`, or put ViT-B-16.pt "
                                 "into ComfyUI's models/dva folder and pick it.")
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
-    with _clip_lock:
-        if key in _clip_cache:
-            return _clip_cache[key]
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    offload = torch.device("cpu") if device.type == "cpu" else mm.unet_offload_device()
-    with torch.inference_mode(False):  # normal tensors: the edit takes gradients through CLIP
-        loss = clip_loss_for(load_clip(path, device=offload))
-    patcher = comfy.model_patcher.ModelPatcher(loss, load_device=device, offload_device=offload)
-    handle = ModelHandle(model=loss, patcher=patcher, model_id=path.name, device=device, dtype=torch.float32)
-    with _clip_lock:
-        _clip_cache.clear()  # keep one CLIP resident at most
-        _clip_cache[key] = handle
-    return handle
+    # Loaded outside inference mode (as every cached model): the edit takes gradients through CLIP.
+    return _clips.get(path, device=device, dtype=torch.float32, model_id=lambda stamp: stamp.name,
+                      load=lambda file, offload: clip_loss_for(load_clip(file, device=offload)))
 
 
 class DVACLIPLoader:
@@ -179,10 +161,10 @@ class DVACLIPEdit:
 
 
 def apply_to_identity(identity, delta, scale: float, norm: str):
-    """A new DVA_IDENTITY whose base carries the delta; its attribute edits still apply after it."""
-    from dva_model.edit.clip_edit import apply_delta
+    """A new DVA_IDENTITY with the delta chained on; it acts before every attribute edit (whatever the order)."""
+    from dva_model.edit.identity import DeltaEdit
 
-    return dataclasses.replace(identity, base=apply_delta(identity.base, delta, scale=float(scale), norm=NORMS[norm]))
+    return identity.with_edit(DeltaEdit(delta=delta, scale=float(scale), norm=NORMS[norm]))
 
 
 class DVAApplyIdentityDelta:
@@ -263,16 +245,11 @@ class DVALoadIdentityDelta:
 
     @classmethod
     def IS_CHANGED(cls, delta_file):
-        stat = os.stat(input_path(delta_file))
-        return f"{stat.st_size}:{stat.st_mtime_ns}"
+        return input_fingerprint(delta_file)
 
     @classmethod
     def VALIDATE_INPUTS(cls, delta_file):
-        try:
-            input_path(delta_file)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+        return input_file_problem(delta_file)
 
     @classmethod
     def execute(cls, delta_file):

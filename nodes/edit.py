@@ -1,6 +1,6 @@
 """Identity nodes: the clip's time-invariant identity, and attribute edits of it (chainable)."""
 
-from .types import CLASSIFIER, IDENTITY, LATENT, AttributeEditStep, Identity
+from .types import CLASSIFIER, IDENTITY, LATENT, Identity
 
 SOURCE_INVERSION = "inversion identity"
 SOURCE_MEAN = "mean of all frames"
@@ -80,5 +80,7 @@ class DVAAttributeEdit:
     def execute(cls, identity, classifier, attribute, scale, norm, custom_attribute=""):
         name = custom_attribute.strip() or attribute
         classifier.index(name)  # an unknown name fails here, naming the known ones
-        step = AttributeEditStep(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])
+        from dva_model.edit.identity import AttributeEdit
+
+        step = AttributeEdit(classifier=classifier, attribute=name, scale=float(scale), norm=NORMS[norm])
         return (identity.with_edit(step),)

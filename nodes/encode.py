@@ -2,7 +2,7 @@
 
 import os
 
-from ._host import file_fingerprint, input_path, output_path, progress_callback, require_all
+from ._host import input_file_problem, input_fingerprint, input_path, output_path, progress_callback, require_all
 from .types import FACES, LATENT, MODEL
 
 LATENT_SUFFIX = ".safetensors"
@@ -40,20 +40,16 @@ class DVAEncode:
 
     @classmethod
     def execute(cls, model, faces, steps, frames_per_call):
-        from dva_model.formats.latent_io import Latent
-        from dva_model.model import mean_identity
+        from dva_model.encoding import encode_clip
 
         batch, callback = model.frames_per_call(frames_per_call), progress_callback()
         dva = model.acquire(frames_per_call=batch)
         if faces.config.size != dva.image_size:
             raise ValueError(f"The model works on {dva.image_size}px crops but DVA Face Align made "
                              f"{faces.config.size}px ones; set its crop_size to {dva.image_size}.")
-        z_id, z_lnd = dva.encode_features(faces.crops, batch_size=batch, callback=callback)
-        identity = mean_identity(z_id)
-        x_T = dva.invert(faces.crops, identity, z_lnd, steps=steps, batch_size=batch, callback=callback)
-        names = tuple(f"frame_{faces.indices[row]:06d}" for row in faces.face_rows)
-        return (Latent(z_id=z_id.cpu(), z_lnd=z_lnd.cpu(), x_T=x_T.cpu(), identity=identity.cpu(), steps=steps,
-                       model_id=model.model_id, frame_names=names),)
+        names = [f"frame_{faces.indices[row]:06d}" for row in faces.face_rows]
+        return (encode_clip(dva, faces.crops, steps=steps, batch_size=batch, model_id=model.model_id,
+                            frame_names=names, stage_progress=lambda _stage: callback),)
 
 
 class DVASaveLatent:
@@ -106,15 +102,11 @@ class DVALoadLatent:
 
     @classmethod
     def IS_CHANGED(cls, latent_file):
-        return file_fingerprint(latent_file)
+        return input_fingerprint(latent_file)
 
     @classmethod
     def VALIDATE_INPUTS(cls, latent_file):
-        try:
-            input_path(latent_file)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+        return input_file_problem(latent_file)
 
     @classmethod
     def execute(cls, latent_file):

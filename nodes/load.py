@@ -1,6 +1,6 @@
 """Loader nodes: the DVA model (one resident copy per file, precision and device) and attribute directions."""
 
-from ._host import DEVICES, PRECISIONS, load_dva_model, model_files, model_path, resolve_device, resolve_dtype
+from ._host import DEVICES, PRECISION_CHOICES, load_dva_model, model_files, model_path, resolve_device, resolve_dtype
 from ._host import with_release_names
 from .types import CLASSIFIER, MODEL
 
@@ -36,7 +36,7 @@ class DVAModelLoader:
             "checkpoint": (with_release_names(model_files(*CHECKPOINT_SUFFIXES), *CHECKPOINT_SUFFIXES), {
                 "tooltip": "DVA checkpoint in ComfyUI/models/dva (released .ckpt or converted .safetensors); "
                            "`python -m dva_model download` fetches both."}),
-            "precision": (list(PRECISIONS), {"default": "auto", "tooltip":
+            "precision": (list(PRECISION_CHOICES), {"default": "auto", "tooltip":
                 "UNet weight precision; 'auto' picks bf16/fp16 on a GPU that runs them fast, fp32 on the CPU. "
                 "GroupNorm and the face encoders always compute in fp32."}),
             "device": (list(DEVICES), {"default": "auto", "tooltip":

@@ -6,7 +6,6 @@ from .types import FACES, MODEL
 NODE = "DVA Paste Back"
 REQUIRES = (("kornia", "kornia"),)
 CHUNK_FRAMES = 16  # frames composited per call (bounds the full-resolution temporaries)
-COMPOSITES = ("frame", "release")
 
 
 class DVAPasteBack:
@@ -30,7 +29,7 @@ class DVAPasteBack:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from dva_model.face.paste import MASK_PRESETS
+        from dva_model.face.paste import COMPOSITES, MASK_PRESETS
 
         return {"required": {
             "frames": ("IMAGE", {"tooltip": "The original frames, the same ones DVA Face Align saw."}),
@@ -49,7 +48,7 @@ class DVAPasteBack:
                         "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."}),
             "temporal_sigma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip":
                                "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."}),
-            "composite": (list(COMPOSITES), {"default": "frame", "tooltip":
+            "composite": (list(COMPOSITES), {"default": COMPOSITES[0], "tooltip":
                           "'frame': blend at full resolution, only masked pixels change. 'release': blend "
                           "inside the crop and paste the whole square, as published."}),
         }}
@@ -87,36 +86,23 @@ def _check_sizes(frames, faces, edited) -> None:
 
 
 def composite_frames(frames, faces, edited, masks, *, composite, device, callback=None):
-    """Paste chunk by chunk on ``device``: (frames [N, H, W, 3], alpha [N, H, W]) on the CPU, edits in place.
+    """Paste chunk by chunk on ``device``: (frames [N, H, W, 3], alpha [N, H, W]) on the CPU.
 
     edited: [M, 3, S, S] in [-1, 1] and masks [M, 1, S, S], one per frame with a face (faces.face_rows).
     """
     import numpy as np
     import torch
 
-    from dva_model.face.align import warp_to_frames
-    from dva_model.face.paste import paste_back
+    from dva_model.face.paste import crop_rows, paste_frames
 
-    count, height, width, _ = frames.shape
-    crop_row = np.full(count, -1)
-    crop_row[faces.face_rows] = np.arange(len(faces.face_rows))  # frame position -> crop row
-    outputs, alphas = [], []
+    count = len(frames)
+    rows, outputs, alphas = crop_rows(faces.has_face), [], []
     for start in range(0, count, CHUNK_FRAMES):
         positions = np.arange(start, min(start + CHUNK_FRAMES, count))
-        rows, has_face = crop_row[positions], crop_row[positions] >= 0
-        pick = torch.as_tensor(np.where(has_face, rows, 0))
-        quads = np.where(has_face[:, None, None], faces.quads[positions], 0.0)
-        source = faces.crops[pick].to(device) if composite == "release" else None
-        chunk = frames[start: start + len(positions)].to(device)
-        outputs.append(paste_back(chunk, edited[pick].to(device), masks[pick].to(device), quads,
-                                  source=source, has_face=has_face, composite=composite).cpu())
-        alpha = torch.zeros(len(positions), height, width)
-        if has_face.any():
-            face_mask = masks[pick[has_face]].to(device)
-            face_mask = face_mask if composite == "frame" else torch.ones_like(face_mask)
-            warped = warp_to_frames(face_mask, quads[has_face], height, width)[:, 0].clamp(0, 1)
-            alpha[torch.as_tensor(has_face)] = warped.cpu()
-        alphas.append(alpha)
+        out, alpha = paste_frames(frames[start: start + len(positions)].to(device), positions, rows, edited, masks,
+                                  faces.quads, crops=faces.crops, composite=composite)
+        outputs.append(out.cpu())
+        alphas.append(alpha.cpu())
         if callback is not None:
             callback(int(positions[-1]) + 1, count)
     return torch.cat(outputs), torch.cat(alphas)

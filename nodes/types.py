@@ -21,43 +21,23 @@ IDENTITY = "DVA_IDENTITY"
 
 
 @dataclass(frozen=True, kw_only=True)
-class AttributeEditStep:
-    """One attribute edit: move along ``classifier``'s direction ``attribute`` by ``scale``."""
-
-    classifier: Any  # dva_model.edit.classifier.AttributeClassifier
-    attribute: str
-    scale: float
-    norm: str  # "keep" or "unit" (dva_model.edit.classifier.EditNorm)
-
-
-@dataclass(frozen=True, kw_only=True)
 class Identity:
-    """A clip identity and the attribute edits chained onto it (applied together by ``edited``).
+    """A clip identity and the edits chained onto it (composed together by ``edited``).
 
     base: [512] float32, the identity before editing (the clip's mean ArcFace feature).
+    edits: ``dva_model.edit.identity`` DeltaEdit / AttributeEdit steps, in node order.
     """
 
     base: torch.Tensor
-    edits: Tuple[AttributeEditStep, ...] = ()
+    edits: Tuple[Any, ...] = ()
 
-    def with_edit(self, step: AttributeEditStep) -> "Identity":
+    def with_edit(self, step) -> "Identity":
         """A new identity with ``step`` appended (the input stays unchanged: ComfyUI caches it)."""
         return Identity(base=self.base, edits=self.edits + (step,))
 
     def edited(self) -> torch.Tensor:
-        """z_id_edit [512] float32: the published classifier edit with every chained step at once.
+        """z_id_edit [512] float32: every chained edit composed in the published order (CLIP deltas first,
+        then the attribute directions; see ``dva_model.edit.identity.compose_identity_edits``)."""
+        from dva_model.edit.identity import compose_identity_edits
 
-        Consecutive steps on the same classifier and norm are summed in one call of
-        ``dva_model.edit.classifier.edit_identity`` (so chaining A then B equals editing A and B together).
-        """
-        from dva_model.edit.classifier import edit_identity
-
-        z_id, group = self.base, []
-        for step in self.edits + (None,):
-            if group and (step is None or step.classifier is not group[0].classifier or step.norm != group[0].norm):
-                pairs = [(s.attribute, s.scale) for s in group]
-                z_id = edit_identity(z_id, group[0].classifier, pairs, norm=group[0].norm)
-                group = []
-            if step is not None:
-                group.append(step)
-        return z_id
+        return compose_identity_edits(self.base, self.edits)

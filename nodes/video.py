@@ -4,7 +4,7 @@ The outputs are ComfyUI's own types, so the edited frames can go to core Create 
 to VideoHelperSuite's Video Combine, or to any IMAGE node.
 """
 
-from ._host import file_fingerprint, input_files, input_path, require_all
+from ._host import input_file_problem, input_files, input_fingerprint, input_path, require_all
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
 GIB = 1 << 30
@@ -49,15 +49,11 @@ class DVAVideoLoad:
 
     @classmethod
     def IS_CHANGED(cls, video, **_):
-        return file_fingerprint(video)
+        return input_fingerprint(video)
 
     @classmethod
     def VALIDATE_INPUTS(cls, video, **_):
-        try:
-            input_path(video)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+        return input_file_problem(video)
 
     @classmethod
     def execute(cls, video, start_frame, frame_cap, stride, max_gib):
@@ -77,17 +73,7 @@ def read_audio(path, window):
 
     Returns {"waveform": [1, channels, samples] float32 in [-1, 1], "sample_rate": int}.
     """
-    import av
-    import numpy as np
-    import torch
+    from dva_model.formats.video import read_audio as read_waveform
 
-    start, stop = window
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
-        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout.name, rate=rate)
-        chunks = [frame.to_ndarray() for decoded in container.decode(stream)
-                  for frame in resampler.resample(decoded)]  # each [channels, samples]
-    waveform = torch.from_numpy(np.concatenate(chunks, axis=1)) if chunks else torch.zeros(1, 0)
-    waveform = waveform[:, int(round(start * rate)): int(round(stop * rate))]
+    waveform, rate = read_waveform(path, window)
     return {"waveform": waveform.unsqueeze(0).contiguous(), "sample_rate": rate}

@@ -14,7 +14,8 @@ from typing import Literal, Optional
 import pytest
 import torch
 
-from dva_model.formats.checkpoint import release_state_from_model, save_model
+from dva_model.formats.checkpoint import save_model
+from dva_model.formats.release_keys import release_state_from_model
 from dva_model.model import DVAConfig, DVAModel
 from dva_model.testing import randomize_, tiny_unet_config
 

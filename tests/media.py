@@ -92,7 +92,7 @@ def dlib_landmarker():
 @functools.lru_cache(maxsize=4)
 def dlib_track(name: str, count: int):
     """The dlib face track of the first ``count`` frames of clip ``name`` (cached per session)."""
-    from dva_model.face.landmarks import track_faces
+    from dva_model.face.tracking import track_faces
 
     frames = (decoded_frames(name, count) * 255).round().to(torch.uint8).numpy()
     return track_faces([frames], dlib_landmarker(), source=name)

@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from media import decoded_frames, dlib_landmarker, dlib_track
 from dva_model.face import align
-from dva_model.face.landmarks import track_faces
+from dva_model.face.tracking import track_faces
 
 # The FFHQ recipe puts an upright face's eyes here in a 256 crop: x = 128 -+ 32 when the crop side is
 # set by the eye distance (|x| = 2 |eye_to_eye|), y = 128 minus the 0.1 * eye_to_mouth shift (~7 px).

@@ -90,8 +90,9 @@ def test_empty_aligned_folder(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_decode_applies_a_clip_delta_before_attributes(tmp_path, encoded, tiny_checkpoint, tiny_model):
-    from dva_model.edit.clip_edit import IdentityDelta, apply_delta, save_delta
-    from dva_model.formats.image_io import to_uint8
+    from dva_model.edit.clip_edit import save_delta
+    from dva_model.edit.identity import IdentityDelta, apply_delta
+    from dva_model.formats.image_io import crops_to_uint8
 
     g = torch.Generator().manual_seed(11)
     delta = torch.randn(512, generator=g) * 0.05
@@ -103,7 +104,7 @@ def test_decode_applies_a_clip_delta_before_attributes(tmp_path, encoded, tiny_c
     latent = load_latent(encoded)
     expected = tiny_model.decode(latent.x_T, apply_delta(latent.identity, delta, scale=0.8), latent.z_lnd, steps=STEPS)
     _, written = read_crops(out, size=256)
-    assert np.array_equal(to_uint8(written), to_uint8(expected))  # PNG round trip is exact for uint8
+    assert np.array_equal(crops_to_uint8(written), crops_to_uint8(expected))  # PNG round trip is exact for uint8
 
 
 def test_bad_delta_option_is_one_sentence(tmp_path, encoded, tiny_checkpoint, capsys):

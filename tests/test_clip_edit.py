@@ -15,11 +15,15 @@ pytest.importorskip("open_clip")
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 
 from dva_model.edit import clip_loss as clip_loss_module  # noqa: E402
+from dva_model.formats import clip_weights  # noqa: E402
 from dva_model.nets.bisenet import foreground_mask  # noqa: E402
 from dva_model.edit.classifier import AttributeClassifier, edit_identity  # noqa: E402
 from dva_model.edit.clip_edit import (  # noqa: E402
-    ClipEditConfig, EditObjective, IdentityDelta, ReferenceFrame, apply_delta, combine_edits, load_delta,
-    optimise_delta, reconstruction_trajectory, reference_from_crops, reference_from_latent, save_delta,
+    ClipEditConfig, EditObjective, ReferenceFrame, load_delta, optimise_delta, reconstruction_trajectory,
+    reference_from_crops, reference_from_latent, save_delta,
+)
+from dva_model.edit.identity import (  # noqa: E402
+    AttributeEdit, DeltaEdit, IdentityDelta, apply_delta, compose_identity_edits, identity_edits,
 )
 from dva_model.edit.clip_loss import (  # noqa: E402
     IMAGENET_TEMPLATES, ClipDirectionalLoss, build_clip, clip_loss_for, load_clip, log_directional_loss,
@@ -122,11 +126,11 @@ def test_trajectory_is_inversion_then_stepwise_reconstruction(small_model, refer
     assert trajectory.shape == (6, 3, SMALL_SIZE, SMALL_SIZE)
     from dva_model.diffusion import ddim_invert
     from dva_model.diffusion import ddim_sample
-    from dva_model.edit.clip_edit import _eps_model
+    from dva_model.model import unet_eps
     from dva_model.diffusion.schedule import respaced_timesteps
 
     z_face = small_model.face_condition(reference.z_id[None], reference.z_lnd[None])
-    eps, steps = _eps_model(small_model.unet), respaced_timesteps(5)
+    eps, steps = unet_eps(small_model.unet), respaced_timesteps(5)
     assert steps == [0, 200, 400, 600, 800]
     x_800 = ddim_invert.invert(eps, reference.crop, steps, cond=z_face, alpha_bar=small_model.alpha_bar)
     final = ddim_sample.sample(eps, x_800, steps, cond=z_face, alpha_bar=small_model.alpha_bar)
@@ -235,13 +239,20 @@ def test_clip_delta_then_attribute_edit():
                                      attribute_names=("Smiling", "Young"))
     z_id = 0.9 * F.normalize(torch.randn(ID_DIM, generator=generator), dim=0)
     delta = 0.2 * torch.randn(ID_DIM, generator=generator)
-    combined = combine_edits(z_id, deltas=[(delta, 0.5)], classifier=classifier, attributes=[("Young", 0.3)],
-                             norm="unit")
+    edits = identity_edits(deltas=[(delta, 0.5)], classifier=classifier, attributes=[("Young", 0.3)], norm="unit")
+    combined = compose_identity_edits(z_id, edits)
     expected = edit_identity(apply_delta(z_id, delta, scale=0.5, norm="unit"), classifier, [("Young", 0.3)],
                              norm="unit")
     torch.testing.assert_close(combined, expected)
-    with pytest.raises(ValueError):
-        combine_edits(z_id, attributes=[("Young", 0.3)])
+    # The delta acts first wherever it stands in the sequence; attribute edits on one classifier and norm
+    # are summed in one published edit (chaining equals editing together).
+    reordered = (AttributeEdit(classifier=classifier, attribute="Young", scale=0.1, norm="unit"),
+                 DeltaEdit(delta=delta, scale=0.5, norm="unit"),
+                 AttributeEdit(classifier=classifier, attribute="Young", scale=0.2, norm="unit"))
+    torch.testing.assert_close(compose_identity_edits(z_id, reordered), expected)
+    assert torch.equal(compose_identity_edits(z_id, ()), z_id)
+    with pytest.raises(UserError, match="need an attribute classifier.*--classifier"):
+        identity_edits(attributes=[("Young", 0.3)])
 
 
 def test_config_rejects_bad_settings():
@@ -291,13 +302,13 @@ def test_load_clip_reads_every_supported_file_and_never_downloads(tmp_path, monk
         loaded = load_clip(tmp_path / name).state_dict()
         assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state), name
 
-    monkeypatch.setattr(clip_loss_module, "OPENAI_CACHE_FILE", tmp_path / "cache" / "ViT-B-16.pt")
-    monkeypatch.setattr(clip_loss_module, "HF_CACHE_REPO", "nobody/no-such-clip")
+    monkeypatch.setattr(clip_weights, "OPENAI_CACHE_FILE", tmp_path / "cache" / "ViT-B-16.pt")
+    monkeypatch.setattr(clip_weights, "HF_CACHE_REPO", "nobody/no-such-clip")
     with pytest.raises(ModelFileError, match="dva_model download --what clip"):
         load_clip()
     (tmp_path / "cache").mkdir()
     (tmp_path / "ViT-B-16.pt").rename(tmp_path / "cache" / "ViT-B-16.pt")
-    assert clip_loss_module.find_cached_clip_weights() == tmp_path / "cache" / "ViT-B-16.pt"
+    assert clip_weights.find_cached_clip_weights() == tmp_path / "cache" / "ViT-B-16.pt"
     with pytest.raises(ModelFileError):
         build_clip({"visual.conv1.weight": torch.zeros(1)})
 

@@ -12,7 +12,7 @@ from test_clip_edit import tiny_clip  # noqa: E402
 from comfy_fakes import InterruptProcessingException, install, model_handle as _handle  # noqa: E402
 
 from dva_model.edit.classifier import AttributeClassifier, edit_identity  # noqa: E402
-from dva_model.edit.clip_edit import IdentityDelta, apply_delta  # noqa: E402
+from dva_model.edit.identity import IdentityDelta, apply_delta  # noqa: E402
 from dva_model.constants import ID_DIM, LANDMARK_DIM  # noqa: E402
 from dva_model.formats.latent_io import Latent  # noqa: E402
 from dva_model.testing import randomize_, single_thread, tiny_unet_config  # noqa: E402
@@ -71,8 +71,8 @@ def test_clip_edit_node_learns_a_delta_with_progress_and_applies_it(comfy_host, 
         edited, delta = DVACLIPEdit.execute(model, clip, latent, identity, iterations=4, **EDIT_SETTINGS)
     assert isinstance(delta, IdentityDelta) and delta.delta.norm() > 0 and delta.info["iterations"] == 4
     assert math.isfinite(delta.info["loss_end"])
-    torch.testing.assert_close(edited.base, apply_delta(latent.identity, delta, scale=0.5, norm="unit"))
-    assert edited.edits == identity.edits
+    torch.testing.assert_close(edited.edited(), apply_delta(latent.identity, delta, scale=0.5, norm="unit"))
+    assert torch.equal(edited.base, identity.base) and edited.edits[:-1] == identity.edits
     # One bar for the reference frame's decode (2 UNet calls), one moved on every iteration.
     assert [(total, values) for total, values in comfy_host.bars] == [(2, [1, 2]), (4, [1, 2, 3, 4])]
     assert any(load["models"] == [clip.patcher] for load in comfy_host.loads)
@@ -92,7 +92,8 @@ def test_clip_edit_node_cancels_within_one_iteration(comfy_host, small_model, tm
 
 def test_delta_nodes_save_load_and_apply_before_attribute_edits(comfy_host):
     from nodes.clip_edit import DVAApplyIdentityDelta, DVALoadIdentityDelta, DVASaveIdentityDelta
-    from nodes.types import AttributeEditStep, Identity
+    from dva_model.edit.identity import AttributeEdit
+    from nodes.types import Identity
 
     generator = torch.Generator().manual_seed(6)
     delta = IdentityDelta(delta=0.2 * torch.randn(ID_DIM, generator=generator), source_text="face",
@@ -110,19 +111,19 @@ def test_delta_nodes_save_load_and_apply_before_attribute_edits(comfy_host):
                                      std=0.05 + 0.01 * torch.rand(ID_DIM, generator=generator),
                                      attribute_names=("Smiling", "Young"))
     base = 0.9 * F.normalize(torch.randn(ID_DIM, generator=generator), dim=0)
-    identity = Identity(base=base).with_edit(AttributeEditStep(classifier=classifier, attribute="Young", scale=0.3,
-                                                               norm="keep"))
+    identity = Identity(base=base).with_edit(AttributeEdit(classifier=classifier, attribute="Young", scale=0.3,
+                                                           norm="keep"))
     (edited,) = DVAApplyIdentityDelta.execute(identity, loaded, 0.5, "keep (exact at 0)")
     expected = edit_identity(apply_delta(base, delta, scale=0.5), classifier, [("Young", 0.3)])
     torch.testing.assert_close(edited.edited(), expected)
     (unchanged,) = DVAApplyIdentityDelta.execute(identity, loaded, 0.0, "keep (exact at 0)")
-    assert torch.equal(unchanged.base, base)
+    assert torch.equal(unchanged.edited(), identity.edited())
 
 
 def test_clip_loader_without_weights_is_one_sentence(comfy_host, monkeypatch):
-    from dva_model.edit import clip_loss
+    from dva_model.formats import clip_weights
     from nodes.clip_edit import CACHED_WEIGHTS, DVACLIPLoader
 
-    monkeypatch.setattr(clip_loss, "find_cached_clip_weights", lambda: None)
+    monkeypatch.setattr(clip_weights, "find_cached_clip_weights", lambda: None)
     with pytest.raises(FileNotFoundError, match="models/dva"):
         DVACLIPLoader.execute(CACHED_WEIGHTS, "cpu")

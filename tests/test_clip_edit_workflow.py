@@ -49,7 +49,8 @@ def test_clip_edit_workflow_in_both_formats_matches_the_nodes(clip_nodes):
 def test_clip_edit_graph_runs_end_to_end_and_lowers_its_loss(clip_nodes, tiny_checkpoint, tmp_path):
     from safetensors.torch import save_file
 
-    from dva_model.edit.clip_edit import apply_delta, load_delta
+    from dva_model.edit.clip_edit import load_delta
+    from dva_model.edit.identity import apply_delta
     from dva_model.formats.video import probe
     from media import single_face_video
 

@@ -249,6 +249,23 @@ def test_loaders_name_the_command_and_download_only_when_asked(comfy_host, drive
     assert all(values[-1] == total for total, values in comfy_host.bars if values)
 
 
+def test_cancel_in_comfyui_keeps_the_partial_file_and_the_next_run_resumes(comfy_host, drive, release, tmp_path):
+    from comfy_fakes import InterruptProcessingException
+    from nodes._host import progress_callback
+
+    target = tmp_path / "large.bin"
+    comfy_host.interrupt_after = 2  # Cancel pressed after the first 1 MB chunk
+    with pytest.raises(InterruptProcessingException):
+        download_drive_file(LARGE_ID, target, callback=progress_callback())
+    kept = partial_path(target).stat().st_size
+    assert not target.exists() and 0 < kept < release[LARGE_ID].stat().st_size
+    comfy_host.interrupt_after = -1
+    assert download_drive_file(LARGE_ID, target, callback=progress_callback()).sha256 == _sha256(release[LARGE_ID])
+    assert drive.ranges(LARGE_ID) == [None, f"bytes={kept}-"]
+    total, values = comfy_host.bars[-1]
+    assert total == release[LARGE_ID].stat().st_size and values[0] == kept and values[-1] == total
+
+
 # ------------------------------------------------------------------------------------------------
 # CLIP through open_clip's own download
 
@@ -257,7 +274,8 @@ def test_clip_comes_through_open_clip_into_its_cache(tmp_path, drive):
     """open_clip -> huggingface_hub -> the stand-in hub (HF_ENDPOINT), in a fresh process."""
     from safetensors.torch import save_file
 
-    from dva_model.edit.clip_loss import CLIP_MANIFEST_KEY, HF_CACHE_REPO, load_clip
+    from dva_model.edit.clip_loss import load_clip
+    from dva_model.formats.clip_weights import CLIP_MANIFEST_KEY, HF_CACHE_REPO
     from test_clip_edit import tiny_clip
 
     state = tiny_clip(seed=5).state_dict()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dva_model import constants as C
+from dva_model.formats import release_keys as rk
 from dva_model.nets import face_encoder as fe
 from dva_model.nets.bisenet import FaceParser, foreground_mask
 from dva_model.nets.landmark_net import LandmarkEncoder
@@ -88,7 +89,7 @@ def _synthesise(layout: dict[str, tuple[tuple[int, ...], str]], seed: int) -> di
 
 
 def _release_layout_from_module() -> dict[str, tuple[tuple[int, ...], str]]:
-    sd = fe.release_state_from_encoder(fe.FaceEncoder().state_dict())
+    sd = rk.release_state_from_encoder(fe.FaceEncoder().state_dict())
     return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sd.items()}
 
 
@@ -107,8 +108,8 @@ def test_release_state_loads_strictly_and_lands_on_the_right_keys():
     layout = _official_encoder_keys() or _release_layout_from_module()
     release = _synthesise(layout, seed=5)
     target = fe.FaceEncoder()
-    target.load_state_dict(fe.encoder_state_from_release(release), strict=True)
-    back = fe.release_state_from_encoder(target.state_dict())
+    target.load_state_dict(rk.encoder_state_from_release(release), strict=True)
+    back = rk.release_state_from_encoder(target.state_dict())
     assert back.keys() == release.keys()
     for key, value in release.items():
         if ".classifier." not in key:  # the unused ImageNet head is not kept
@@ -122,21 +123,21 @@ def test_release_mapping_accepts_either_landmark_copy_and_names_bad_keys():
     alias_only = {k: v for k, v in release.items() if ".pretrain_net." not in k}
     primary_only = {k: v for k, v in release.items() if ".base_net." not in k}
     for partial in (alias_only, primary_only):
-        assert fe.encoder_state_from_release(partial).keys() == fe.encoder_state_from_release(release).keys()
+        assert rk.encoder_state_from_release(partial).keys() == rk.encoder_state_from_release(release).keys()
 
     key = "lndnet.backbone.base_net.0.3.conv.1.0.weight"
     differing = dict(release, **{key: release[key] + 1})
     with pytest.raises(ValueError, match=r"lndnet\.backbone\.base_net\.0\.3\.conv\.1\.0\.weight"):
-        fe.encoder_state_from_release(differing)
+        rk.encoder_state_from_release(differing)
     missing = {k: v for k, v in release.items() if k != "idnet.backbone.body.5.res_layer.1.weight"}
     with pytest.raises(ValueError, match=r"body\.5\.res_layer\.1\.weight"):
-        fe.encoder_state_from_release(missing)
+        rk.encoder_state_from_release(missing)
     with pytest.raises(ValueError, match="bgnet.backbone.sp.conv"):
-        fe.encoder_state_from_release(dict(release, **{"bgnet.backbone.sp.conv.weight": torch.zeros(1)}))
+        rk.encoder_state_from_release(dict(release, **{"bgnet.backbone.sp.conv.weight": torch.zeros(1)}))
     with pytest.raises(ValueError, match="lndnet.backbone.extra"):
-        fe.encoder_state_from_release(dict(release, **{"lndnet.backbone.extra.weight": torch.zeros(1)}))
+        rk.encoder_state_from_release(dict(release, **{"lndnet.backbone.extra.weight": torch.zeros(1)}))
     with pytest.raises(ValueError, match=r"linear\.weight"):
-        fe.encoder_state_from_release(dict(release, **{"linear.weight": torch.zeros(512, 613)}))
+        rk.encoder_state_from_release(dict(release, **{"linear.weight": torch.zeros(512, 613)}))
 
 
 def _assert_same(a: nn.Module, b: nn.Module) -> None:
@@ -149,8 +150,8 @@ def _assert_same(a: nn.Module, b: nn.Module) -> None:
 def test_separate_release_files_round_trip(tmp_path, encoder):
     target = fe.FaceEncoder()
     for name in ("idnet", "lndnet", "bgnet"):
-        to_file = getattr(fe, f"{name}_file_state")
-        from_file = getattr(fe, f"{name}_state_from_file")
+        to_file = getattr(rk, f"{name}_file_state")
+        from_file = getattr(rk, f"{name}_state_from_file")
         raw = to_file(getattr(encoder, name).state_dict())
         if name == "lndnet":  # through a real file: nested dict, module. prefix, one storage under two names
             torch.save(raw, tmp_path / "landmarks.pth.tar")
@@ -167,22 +168,22 @@ def test_separate_release_files_round_trip(tmp_path, encoder):
 
 
 def test_separate_files_tolerate_old_batchnorm_files_and_name_bad_keys(encoder):
-    raw = fe.idnet_file_state(encoder.idnet.state_dict())
+    raw = rk.idnet_file_state(encoder.idnet.state_dict())
     old = {k: v for k, v in raw.items() if not k.endswith("num_batches_tracked")}
     assert len(old) < len(raw)
-    state = fe.idnet_state_from_file(old)
+    state = rk.idnet_state_from_file(old)
     assert state["backbone.input_layer.1.num_batches_tracked"].item() == 0
     fe.FaceEncoder().idnet.load_state_dict(state, strict=True)
 
     with pytest.raises(ValueError, match="output_layer.3.weight"):
-        fe.idnet_state_from_file({k: v for k, v in raw.items() if k != "output_layer.3.weight"})
-    bisenet = fe.bgnet_file_state(encoder.bgnet.state_dict())
+        rk.idnet_state_from_file({k: v for k, v in raw.items() if k != "output_layer.3.weight"})
+    bisenet = rk.bgnet_file_state(encoder.bgnet.state_dict())
     with pytest.raises(ValueError, match="cp.resnet.fc.weight"):
-        fe.bgnet_state_from_file(dict(bisenet, **{"cp.resnet.fc.weight": torch.zeros(1000, 512)}))
-    landmarks = fe.lndnet_file_state(encoder.lndnet.state_dict())
+        rk.bgnet_state_from_file(dict(bisenet, **{"cp.resnet.fc.weight": torch.zeros(1000, 512)}))
+    landmarks = rk.lndnet_file_state(encoder.lndnet.state_dict())
     with pytest.raises(ValueError, match="module.optimizer_thing"):
         bad = dict(landmarks["state_dict"], **{"module.optimizer_thing": torch.zeros(1)})
-        fe.lndnet_state_from_file({"state_dict": bad})
+        rk.lndnet_state_from_file({"state_dict": bad})
 
 
 def test_outputs_have_the_documented_shapes_and_ranges(encoder, crops, outputs):

@@ -2,12 +2,14 @@
 and the tracking rules on scripted detections."""
 
 import importlib.util
+import typing
 
 import numpy as np
 import pytest
 
 from media import decoded_frames, dlib_landmarker, dlib_track
 from dva_model.face import landmarks as lm
+from dva_model.face import tracking
 from dva_model.errors import ModelFileError, NoFaceError, UserError
 
 
@@ -47,11 +49,11 @@ def test_small_face_is_found_by_upsampling_and_short_misses_are_filled():
 
 def test_largest_face_starts_the_track_then_the_nearest_follows():
     small, large = np.array([10, 10, 30, 30, 1.0]), np.array([100, 100, 180, 180, 1.0])
-    assert np.array_equal(lm.choose_face(np.stack([small, large]), None, 1.0), large)
+    assert np.array_equal(tracking.choose_face(np.stack([small, large]), None, 1.0), large)
     previous = np.array([12, 12, 32, 32, 1.0])
-    assert np.array_equal(lm.choose_face(np.stack([small, large]), previous, 1.0), small)
-    assert lm.choose_face(np.stack([large]), previous, 1.0) is None  # another face far away
-    assert lm.choose_face(np.zeros((0, 5)), previous, 1.0) is None
+    assert np.array_equal(tracking.choose_face(np.stack([small, large]), previous, 1.0), small)
+    assert tracking.choose_face(np.stack([large]), previous, 1.0) is None  # another face far away
+    assert tracking.choose_face(np.zeros((0, 5)), previous, 1.0) is None
 
 
 def test_fill_gaps_interpolates_short_gaps_holds_ends_and_flags_long_gaps():
@@ -60,7 +62,7 @@ def test_fill_gaps_interpolates_short_gaps_holds_ends_and_flags_long_gaps():
     detected = np.ones(count, dtype=bool)
     detected[[0, 5, 6]] = False  # short gaps: start, middle
     detected[10:16] = False  # a long gap
-    filled, has_face = lm.fill_gaps(np.where(detected[:, None, None], truth, np.nan), detected, max_gap=3)
+    filled, has_face = tracking.fill_gaps(np.where(detected[:, None, None], truth, np.nan), detected, max_gap=3)
     assert np.allclose(filled[5:7], truth[5:7])  # linear motion is recovered exactly
     assert np.allclose(filled[0], truth[1])  # held at the clip's start
     assert not has_face[10:16].any() and np.isnan(filled[10:16]).all()
@@ -90,7 +92,7 @@ class BoxLandmarks:
 def run_script(script, **config):
     frames = np.zeros((len(script), 4, 4, 3), np.uint8)
     landmarker = lm.FaceLandmarker(detector=ScriptedDetector(script), predictor=BoxLandmarks())
-    return lm.track_faces([frames], landmarker, config=lm.TrackConfig(**config))
+    return tracking.track_faces([frames], landmarker, config=tracking.TrackConfig(**config))
 
 
 def test_tracking_follows_one_face_not_the_first_or_largest_detection_of_each_frame():
@@ -119,9 +121,9 @@ def test_real_detector_finds_no_face_in_a_faceless_frame():
     frames = decoded_frames("single_face.mp4", 1)
     sky = np.full((1, 360, 640, 3), 180, np.uint8)
     with pytest.raises(NoFaceError):
-        lm.track_faces([sky], dlib_landmarker(), source="sky")
+        tracking.track_faces([sky], dlib_landmarker(), source="sky")
     image = (frames[0].numpy() * 255).round().astype(np.uint8)
-    assert lm.landmarks_of_image(image, dlib_landmarker()).shape == (68, 2)
+    assert tracking.landmarks_of_image(image, dlib_landmarker()).shape == (68, 2)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("face_alignment") is not None, reason="face-alignment is installed")
@@ -139,3 +141,23 @@ def test_missing_insightface_package_says_what_to_install(tmp_path):
 def test_unknown_backend_names_are_refused():
     with pytest.raises(ValueError, match="dlib, insightface or face_alignment"):
         lm.make_landmarker(detector="haar")
+
+
+def test_backend_tables_are_the_names_every_interface_offers(comfy_host):
+    import argparse
+
+    from dva_model.cli.align import add_face_options
+    from dva_model.face.align import ALIGN_METHODS, AlignMethod
+    from nodes.align import DVAFaceAlign
+
+    assert tuple(lm.DETECTORS) == typing.get_args(lm.DetectorName)
+    assert tuple(lm.LANDMARK_MODELS) == typing.get_args(lm.LandmarkName)
+    assert ALIGN_METHODS == typing.get_args(AlignMethod)
+    node = DVAFaceAlign.INPUT_TYPES()["required"]
+    parser = argparse.ArgumentParser()
+    add_face_options(parser)
+    cli = {action.dest: action for action in parser._actions}
+    for option, table in [("detector", lm.DETECTORS), ("landmarks", lm.LANDMARK_MODELS)]:
+        assert node[option][0] == list(table) and tuple(cli[option].choices) == tuple(table)
+        assert node[option][1]["default"] == cli[option].default == "dlib"  # the published backend
+    assert node["method"][0] == list(ALIGN_METHODS) == list(cli["align_method"].choices)

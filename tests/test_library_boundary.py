@@ -1,12 +1,59 @@
-"""dva_model is a plain library: no ComfyUI import, no print, importable without ComfyUI."""
+"""dva_model is a plain library in layers: no ComfyUI import, no print, importable without ComfyUI; its
+networks and samplers touch no files or video; the nodes never lean on the CLI."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-LIBRARY = Path(__file__).resolve().parents[1] / "dva_model"
+from tools.layer_graph import ROOT, import_graph
+
+LIBRARY = ROOT / "dva_model"
 FORBIDDEN_MODULES = {"comfy", "folder_paths", "server", "nodes", "comfy_api", "comfy_extras", "execution"}
+# nets/ and diffusion/ are maths on tensors: they may import each other's own package and the base only,
+# and no file, image or video code from outside the project either.
+MATHS_LAYERS = {
+    "dva_model.nets": ("dva_model.nets", "dva_model.constants", "dva_model.errors", "dva_model.progress"),
+    "dva_model.diffusion": ("dva_model.diffusion", "dva_model.constants", "dva_model.errors", "dva_model.progress"),
+}
+FILE_AND_VIDEO_MODULES = {"av", "PIL", "cv2", "imageio", "safetensors", "pickle", "zipfile", "io", "pathlib",
+                          "tempfile", "shutil", "dlib"}
+
+
+def _within(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def layering_violations(graph) -> list:
+    """One line per import that breaks a layering rule (the rules: module docstring)."""
+    found = []
+    for module, imports in sorted(graph.items()):
+        for name in sorted(imports):
+            top = name.split(".")[0]
+            if module.startswith("dva_model") and (top in FORBIDDEN_MODULES or top.startswith("comfy")):
+                found.append(f"{module} imports {name} (the library never imports ComfyUI or the nodes)")
+            if module.startswith("nodes") and _within(name, ["dva_model.cli"]):
+                found.append(f"{module} imports {name} (nodes use the library, not the CLI)")
+            for layer, allowed in MATHS_LAYERS.items():
+                if not _within(module, [layer]):
+                    continue
+                if top == "dva_model" and not _within(name, allowed):
+                    found.append(f"{module} imports {name} ({layer} may import only {', '.join(allowed)})")
+                if top in FILE_AND_VIDEO_MODULES:
+                    found.append(f"{module} imports {name} ({layer} does no file, image or video I/O)")
+    return found
+
+
+def test_layers_import_only_what_they_may():
+    graph = import_graph()
+    assert any(m.startswith("dva_model.nets.") for m in graph) and any(m.startswith("nodes.") for m in graph)
+    assert layering_violations(graph) == []
+
+
+def test_the_layer_check_catches_each_kind_of_forbidden_import():
+    graph = {"dva_model.nets.unet": {"dva_model.formats.video", "av"}, "dva_model.diffusion.ddim_sample":
+             {"dva_model.face.align"}, "dva_model.pipeline": {"comfy.utils"}, "nodes.encode": {"dva_model.cli.common"}}
+    assert len(layering_violations(graph)) == 5
 
 
 def _imports(path: Path):

@@ -105,8 +105,9 @@ def real_clip_frames(count: int):
 def test_pasting_back_unedited_crops_changes_nothing_outside_the_face_and_little_inside():
     frames, quads, crops, labels = real_clip()
     masks = build_masks(labels)
-    pasted = paste_back(frames, crops, masks, quads)
+    pasted, alpha = paste_back(frames, crops, masks, quads)
     face = align.warp_to_frames(masks, quads, 360, 640)[:, 0] > 0  # [N, H, W]
+    assert torch.equal(face, alpha > 0)  # the returned alpha is where the crops went
     assert torch.equal(pasted[~face], frames[~face])
     inside = pasted[face] - frames[face]
     assert face.sum() > 8 * 20_000
@@ -116,7 +117,7 @@ def test_pasting_back_unedited_crops_changes_nothing_outside_the_face_and_little
 def test_an_edit_reaches_the_frame_only_inside_the_mask():
     frames, quads, crops, labels = real_clip(4)
     masks = build_masks(labels, config=PasteConfig(dilate=4, feather=2.0))
-    pasted = paste_back(frames, -torch.ones_like(crops), masks, quads)  # the edit paints the face black
+    pasted, _ = paste_back(frames, -torch.ones_like(crops), masks, quads)  # the edit paints the face black
     alpha = align.warp_to_frames(masks, quads, 360, 640)[:, 0]
     assert torch.equal(pasted[alpha == 0], frames[alpha == 0])
     assert pasted[alpha > 0.99].max() < 0.02
@@ -125,7 +126,7 @@ def test_an_edit_reaches_the_frame_only_inside_the_mask():
 def test_release_composite_replaces_the_square_and_nothing_outside_it():
     frames, quads, crops, labels = real_clip(4)
     edited = -torch.ones_like(crops)
-    pasted = paste_back(frames, edited, build_masks(labels), quads, source=crops, composite="release")
+    pasted, _ = paste_back(frames, edited, build_masks(labels), quads, source=crops, composite="release")
     square = align.warp_to_frames(torch.ones(4, 1, 256, 256), quads, 360, 640)[:, 0]
     assert torch.equal(pasted[square == 0], frames[square == 0])
     changed = (pasted - frames).abs().amax(-1) > 1e-6
@@ -138,6 +139,7 @@ def test_frames_without_a_face_pass_through_untouched():
     frames, quads, crops, labels = real_clip(4)
     has_face = np.array([True, False, True, False])
     quads = np.where(has_face[:, None, None], quads, np.nan)
-    pasted = paste_back(frames, -torch.ones_like(crops), build_masks(labels), quads, has_face=has_face)
+    pasted, alpha = paste_back(frames, -torch.ones_like(crops), build_masks(labels), quads, has_face=has_face)
     assert torch.equal(pasted[1], frames[1]) and torch.equal(pasted[3], frames[3])
     assert not torch.equal(pasted[0], frames[0])
+    assert not alpha[[1, 3]].any() and alpha[[0, 2]].amax() == 1.0

@@ -18,7 +18,7 @@ from dva_model.cli.main import main
 from dva_model.constants import ID_DIM, LANDMARK_DIM, PARSING_CLASSES
 from dva_model.errors import NoFaceError, UserError
 from dva_model.formats.image_io import read_crops
-from dva_model.face.landmarks import TrackConfig
+from dva_model.face.tracking import TrackConfig
 from dva_model.pipeline import EditConfig, align_video, edit_video, load_alignment
 from dva_model.formats.video import FrameSelection, probe, read_frames, write_video
 

@@ -16,11 +16,11 @@ import time
 import torch
 
 from dva_model.formats.checkpoint import load_model
+from dva_model.constants import PRECISIONS
 from dva_model.model import DVAConfig, DVAModel, mean_identity
 from dva_model.testing import randomize_, tiny_unet_config
 from dva_model.nets.unet import UNetConfig
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 UNET_GFLOP_PER_FRAME = 771.0  # full-size UNet at 256 x 256 (reference section 11)
 
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from dva_model.face.align import align_frames, compute_quads, warp_to_frames
-from dva_model.face.landmarks import landmarks_of_image, make_landmarker
+from dva_model.face.landmarks import make_landmarker
+from dva_model.face.tracking import landmarks_of_image
 
 PANEL = 320
 MARGIN = 16

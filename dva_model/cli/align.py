@@ -7,9 +7,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from dva_model.face.align import AlignConfig
+from dva_model.face.align import ALIGN_METHODS, AlignConfig
 from dva_model.errors import UserError
-from dva_model.face.landmarks import TrackConfig, make_landmarker
+from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS, make_landmarker
+from dva_model.face.tracking import TrackConfig
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.formats.video import FrameSelection
 
@@ -30,9 +31,9 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
 
 def add_face_options(parser: argparse.ArgumentParser) -> None:
     """Face detection, landmarks, tracking and crop options."""
-    parser.add_argument("--detector", choices=("dlib", "insightface", "face_alignment"), default="dlib",
+    parser.add_argument("--detector", choices=tuple(DETECTORS), default=next(iter(DETECTORS)),
                         help="face detector (default dlib, as published)")
-    parser.add_argument("--landmarks", choices=("dlib", "face_alignment"), default="dlib",
+    parser.add_argument("--landmarks", choices=tuple(LANDMARK_MODELS), default=next(iter(LANDMARK_MODELS)),
                         help="68-point landmark model (default dlib, as published)")
     parser.add_argument("--face-models", type=Path,
                         help="folder holding shape_predictor_68_face_landmarks.dat (default: the "
@@ -40,7 +41,7 @@ def add_face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insightface-models", type=Path, help="models/insightface folder (for --detector insightface)")
     parser.add_argument("--max-gap", type=int, default=TrackConfig().max_gap,
                         help="interpolate up to this many frames without a detected face; longer gaps are left untouched")
-    parser.add_argument("--align-method", choices=("direct", "release"), default="direct",
+    parser.add_argument("--align-method", choices=ALIGN_METHODS, default=ALIGN_METHODS[0],
                         help="direct: one antialiased warp to 256; release: the published 1024 + JPEG-75 + resize route")
 
 

@@ -10,11 +10,11 @@ import logging
 from pathlib import Path
 
 from dva_model.edit.clip_edit import (
-    DEFAULT_SCALE, ClipEditConfig, combine_edits, optimise_delta, reference_from_crops, reference_from_latent,
-    save_delta,
+    ClipEditConfig, optimise_delta, reference_from_crops, reference_from_latent, save_delta,
 )
+from dva_model.edit.identity import DEFAULT_SCALE, DeltaEdit, compose_identity_edits
 from dva_model.cli.align import add_face_options, landmarker_from_args
-from dva_model.cli.common import add_model_options, load_model_from_args
+from dva_model.cli.common import add_attribute_options, add_model_options, identity_edits_from_args, load_model_from_args
 from dva_model.errors import UserError
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.formats.video import FrameSelection
@@ -52,16 +52,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--l1-weight", type=float, default=DEFAULTS.l1_weight, help="masked L1 weight (README 5)")
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE,
                         help=f"strength when rendering: z_id + scale * delta (README {DEFAULT_SCALE})")
-    parser.add_argument("--edit-norm", choices=("keep", "unit"), default="keep",
-                        help="keep: scale 0 = plain reconstruction; unit: the release's unit-length identity")
     parser.add_argument("--decode-out", type=Path, help="also write the edited crops as PNG here")
     parser.add_argument("--edited-video", type=Path, help="with --video: also write the edited video (.mp4)")
     parser.add_argument("--steps", type=int, default=100,
                         help="DDIM steps to render crops or video (release 1000; a latent keeps its own)")
-    parser.add_argument("--attribute", action="append", default=[], metavar="NAME:SCALE",
-                        help="attribute edit applied after the delta when rendering (needs --classifier)")
-    parser.add_argument("--classifier", type=Path, help="attribute classifier (release last.ckpt or directions)")
-    parser.add_argument("--latent-stats", type=Path, help="release latent.pkl, if the classifier lacks mean/std")
+    add_attribute_options(parser, after=" applied after the delta when rendering")
     parser.add_argument("--start", type=int, default=0, help="with --video: first frame to use")
     parser.add_argument("--stop", type=int, help="with --video: frame to stop before")
     parser.add_argument("--stride", type=int, default=1, help="with --video: use every n-th frame")
@@ -70,20 +65,9 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _classifier(args: argparse.Namespace):
-    from dva_model.edit.classifier import load_classifier, parse_edit
-
-    if not args.attribute:
-        return None, ()
-    if args.classifier is None:
-        raise UserError("--attribute needs --classifier (the released diffusion_video_autoencoder_cls/last.ckpt).")
-    classifier = load_classifier(args.classifier, latent_stats=args.latent_stats)
-    return classifier, tuple(parse_edit(a) for a in args.attribute)
-
-
 def _tracked_clip(args: argparse.Namespace):
     from dva_model.face.align import AlignConfig
-    from dva_model.face.landmarks import TrackConfig
+    from dva_model.face.tracking import TrackConfig
     from dva_model.pipeline import track_video
 
     selection = FrameSelection(start=args.start, stop=args.stop, stride=args.stride, max_frames=args.max_frames)
@@ -119,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     config = ClipEditConfig(source_text=args.source, target_text=args.target, iterations=args.iterations,
                             learning_rate=args.lr, clip_weight=args.clip_weight, identity_weight=args.id_weight,
                             l1_weight=args.l1_weight)
-    classifier, attributes = _classifier(args)
+    attributes = identity_edits_from_args(args)
     clip_loss = clip_loss_for(load_clip(args.clip_weights, device=args.device, allow_download=args.download_clip))
     faces, selection = _tracked_clip(args) if args.video else (None, None)
     model = load_model_from_args(args)
@@ -143,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("wrote %s; loss %.4f -> %.4f (clip %.4f -> %.4f)", args.out, first.total, last.total,
              first.clip, last.clip)
 
+    edits = (DeltaEdit(delta=result.delta, scale=args.scale, norm=args.edit_norm),) + attributes.edits()
+
     def target(identity):
-        return combine_edits(identity, deltas=[(result.delta, args.scale)], classifier=classifier,
-                             attributes=attributes, norm=args.edit_norm)
+        return compose_identity_edits(identity, edits)
 
     if args.latent is not None and args.decode_out is not None:
         _render_latent(args, model, latent, target, progress)

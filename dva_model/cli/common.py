@@ -10,10 +10,10 @@ from torch import Tensor
 
 from dva_model.formats.checkpoint import EncoderFiles, load_model
 from dva_model.edit.classifier import AttributeClassifier
+from dva_model.edit.identity import DEFAULT_SCALE, NORMS, IdentityEdit, identity_edits
 from dva_model.errors import UserError
+from dva_model.constants import PRECISIONS
 from dva_model.model import DVAModel
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -45,22 +45,27 @@ def load_model_from_args(args: argparse.Namespace) -> DVAModel:
     return model
 
 
-def add_identity_edit_options(parser: argparse.ArgumentParser) -> None:
-    """--attribute / --classifier / --latent-stats / --delta / --edit-norm, shared by decode and edit."""
+def add_attribute_options(parser: argparse.ArgumentParser, *, after: str = "") -> None:
+    """--attribute / --classifier / --latent-stats / --edit-norm (``after``: what the attributes follow)."""
     parser.add_argument("--attribute", action="append", default=[], metavar="NAME:SCALE",
-                        help="attribute edit, e.g. Mustache:0.25 (repeatable; CelebA names)")
+                        help=f"attribute edit{after}, e.g. Mustache:0.25 (repeatable; CelebA names; needs --classifier)")
     parser.add_argument("--classifier", type=Path, help="attribute classifier (release last.ckpt or directions)")
     parser.add_argument("--latent-stats", type=Path, help="release latent.pkl, if the classifier lacks mean/std")
-    parser.add_argument("--delta", action="append", default=[], metavar="FILE[:SCALE]",
-                        help="identity delta from clip-edit, applied before attribute edits "
-                             "(repeatable; scale defaults to the published 0.5)")
-    parser.add_argument("--edit-norm", choices=("keep", "unit"), default="keep",
+    parser.add_argument("--edit-norm", choices=NORMS, default="keep",
                         help="keep: the edited identity keeps the clip identity's norm (scale 0 = no change); "
                              "unit: the release's unit-length identity")
 
 
+def add_identity_edit_options(parser: argparse.ArgumentParser) -> None:
+    """The attribute options and --delta, shared by decode and edit."""
+    add_attribute_options(parser)
+    parser.add_argument("--delta", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="identity delta from clip-edit, applied before attribute edits "
+                             f"(repeatable; scale defaults to the published {DEFAULT_SCALE})")
+
+
 @dataclass(frozen=True)
-class IdentityEdits:
+class IdentityEditOptions:
     """The identity edits a command line asks for, loaded: deltas first, then attributes."""
 
     deltas: Tuple[Tuple[Tensor, float], ...]
@@ -68,24 +73,31 @@ class IdentityEdits:
     classifier: Optional[AttributeClassifier]
     norm: str
 
-    def __bool__(self) -> bool:
-        return bool(self.deltas or self.attributes)
+    def __post_init__(self) -> None:
+        self.edits()  # attribute edits without a classifier are refused here, before any model loads
+
+    def edits(self) -> Tuple[IdentityEdit, ...]:
+        """The edit sequence ``compose_identity_edits`` applies."""
+        return identity_edits(deltas=self.deltas, attributes=self.attributes, classifier=self.classifier,
+                              norm=self.norm)
 
 
-def identity_edits_from_args(args: argparse.Namespace) -> IdentityEdits:
-    """Parse and load --delta / --attribute (+ --classifier); one-sentence errors for bad values."""
+def identity_edits_from_args(args: argparse.Namespace) -> IdentityEditOptions:
+    """Parse and load --delta / --attribute (+ --classifier); one-sentence errors for bad values.
+
+    Commands without --delta get none.
+    """
     from dva_model.edit.classifier import load_classifier, parse_edit
 
     attributes = tuple(parse_edit(text) for text in args.attribute)
-    if attributes and args.classifier is None:
-        raise UserError("--attribute needs --classifier (the released diffusion_video_autoencoder_cls/last.ckpt).")
-    classifier = load_classifier(args.classifier, latent_stats=args.latent_stats) if attributes else None
-    deltas = tuple(_load_delta_option(text) for text in args.delta)
-    return IdentityEdits(deltas=deltas, attributes=attributes, classifier=classifier, norm=args.edit_norm)
+    wanted = attributes and args.classifier is not None
+    classifier = load_classifier(args.classifier, latent_stats=args.latent_stats) if wanted else None
+    deltas = tuple(_load_delta_option(text) for text in getattr(args, "delta", ()))
+    return IdentityEditOptions(deltas=deltas, attributes=attributes, classifier=classifier, norm=args.edit_norm)
 
 
 def _load_delta_option(text: str) -> Tuple[Tensor, float]:
-    from dva_model.edit.clip_edit import DEFAULT_SCALE, load_delta
+    from dva_model.edit.clip_edit import load_delta
 
     path, sep, scale = text.rpartition(":")
     if not sep:
@@ -96,19 +108,3 @@ def _load_delta_option(text: str) -> Tuple[Tensor, float]:
         if Path(text).is_file():  # a colon inside the file name, no scale
             return load_delta(Path(text)).delta, DEFAULT_SCALE
         raise UserError(f"--delta {text!r} is not FILE or FILE:SCALE (for example beard.safetensors:0.5).") from None
-
-
-def apply_identity_edits(identity: Tensor, edits: IdentityEdits) -> Tensor:
-    """The clip identity [512] after ``edits`` (unchanged when there are none)."""
-    if not edits:
-        return identity
-    from dva_model.edit.clip_edit import combine_edits
-
-    return combine_edits(identity, deltas=edits.deltas, classifier=edits.classifier, attributes=edits.attributes,
-                         norm=edits.norm)
-
-
-def model_fingerprint(path: Path) -> str:
-    """A cheap identity of a model file (name and size) recorded in latents to catch mix-ups."""
-    path = Path(path)
-    return f"{path.name}:{path.stat().st_size}"

@@ -4,8 +4,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from dva_model.cli.common import (add_identity_edit_options, add_model_options, apply_identity_edits,
-                                       identity_edits_from_args, load_model_from_args, model_fingerprint)
+from dva_model.cli.common import add_identity_edit_options, add_model_options, identity_edits_from_args, load_model_from_args
+from dva_model.edit.identity import compose_identity_edits
+from dva_model.formats.files import file_fingerprint
 from dva_model.formats.image_io import write_crops
 from dva_model.formats.latent_io import load_latent
 from dva_model.cli.progress_bar import terminal_progress
@@ -32,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or latent.steps
     if steps != latent.steps:
         log.warning("decoding with %d steps a latent inverted with %d; reconstructions will drift.", steps, latent.steps)
-    if latent.model_id and latent.model_id != model_fingerprint(args.checkpoint):
+    if latent.model_id and latent.model_id != file_fingerprint(args.checkpoint).model_id:
         log.warning("%s was encoded with %s, not %s.", args.latent, latent.model_id, args.checkpoint.name)
-    identity = apply_identity_edits(latent.identity, identity_edits_from_args(args))
+    identity = compose_identity_edits(latent.identity, identity_edits_from_args(args).edits())
     model = load_model_from_args(args)
     crops = model.decode(latent.x_T, identity, latent.z_lnd, steps=steps, batch_size=args.batch_size,
                          callback=terminal_progress("decode", enabled=not args.quiet))

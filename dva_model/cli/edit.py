@@ -7,10 +7,11 @@ from pathlib import Path
 from dva_model.face.align import AlignConfig
 from dva_model.cli.align import add_face_options, add_video_options, landmarker_from_args, selection_from_args
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
-                                  load_model_from_args, model_fingerprint)
+                                  load_model_from_args)
 from dva_model.errors import UserError
-from dva_model.face.landmarks import TrackConfig
-from dva_model.face.paste import MASK_PRESETS, PasteConfig
+from dva_model.formats.files import file_fingerprint
+from dva_model.face.tracking import TrackConfig
+from dva_model.face.paste import COMPOSITES, MASK_PRESETS, PasteConfig
 from dva_model.pipeline import DEFAULT_STEPS, EditConfig, check_output_path, edit_tracked, track_video
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.formats.video import DEFAULT_CRF
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dilate", type=int, default=0, help="grow the mask by N crop pixels")
     parser.add_argument("--feather", type=float, default=0.0, help="soften the mask edge (Gaussian sigma, crop pixels)")
     parser.add_argument("--mask-temporal", type=float, default=0.0, help="smooth the mask over time (sigma, frames)")
-    parser.add_argument("--composite", choices=("frame", "release"), default="frame",
+    parser.add_argument("--composite", choices=COMPOSITES, default=COMPOSITES[0],
                         help="frame: blend at full resolution (only masked pixels change); release: paste the whole square")
     parser.add_argument("--lossless", action="store_true", help="exact RGB output (libx264rgb, large files)")
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help=f"x264 quality (default {DEFAULT_CRF})")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                         chunk_size=config.chunk_frames, callback=progress("faces"))
     model = load_model_from_args(args)
     result = edit_tracked(faces, args.video, args.out, model, classifier=edits.classifier, config=config,
-                          selection=selection, latent_path=args.save_latent, model_id=model_fingerprint(args.checkpoint),
+                          selection=selection, latent_path=args.save_latent, model_id=file_fingerprint(args.checkpoint).model_id,
                           stage_progress=progress)
     for first, last in result.untouched:
         log.warning("no face in frames %d-%d: copied unchanged", first, last)

@@ -4,11 +4,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from dva_model.cli.common import add_model_options, load_model_from_args, model_fingerprint
-from dva_model.formats.image_io import read_crops
-from dva_model.formats.latent_io import Latent, save_latent
-from dva_model.model import mean_identity
+from dva_model.cli.common import add_model_options, load_model_from_args
 from dva_model.cli.progress_bar import terminal_progress
+from dva_model.encoding import encode_clip
+from dva_model.formats.files import file_fingerprint
+from dva_model.formats.image_io import read_crops
+from dva_model.formats.latent_io import save_latent
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     names, crops = read_crops(args.aligned, size=model.image_size)
     log.info("encoding %d crops from %s", len(crops), args.aligned)
-    z_id, z_lnd = model.encode_features(crops, batch_size=args.batch_size)
-    identity = mean_identity(z_id)
-    x_T = model.invert(crops, identity, z_lnd, steps=args.steps, batch_size=args.batch_size,
-                       callback=terminal_progress("invert", enabled=not args.quiet))
-    latent = Latent(z_id=z_id, z_lnd=z_lnd, x_T=x_T, identity=identity, steps=args.steps,
-                    model_id=model_fingerprint(args.checkpoint), frame_names=tuple(names))
+    latent = encode_clip(model, crops, steps=args.steps, batch_size=args.batch_size,
+                         model_id=file_fingerprint(args.checkpoint).model_id, frame_names=names,
+                         stage_progress=lambda stage: terminal_progress(stage, enabled=not args.quiet))
     save_latent(args.out, latent)
     log.info("wrote %s", args.out)
     return 0

@@ -30,13 +30,13 @@ from dva_model.formats.checkpoint import EncoderFiles, load_model, save_model
 from dva_model.formats.files import write_atomically
 from dva_model.cli.align import add_face_options, landmarker_from_args
 from dva_model.errors import UserError
-from dva_model.formats.image_io import to_uint8
+from dva_model.formats.image_io import crops_to_uint8
 from dva_model.model import DVAConfig, DVAModel
 from dva_model.train.trainer import (
     Precision, StepReport, TrainConfig, Trainer, encode_conditions, evaluation_loss, fit, is_trainable,
     load_training_state, save_training_state,
 )
-from dva_model.face.landmarks import TrackConfig
+from dva_model.face.tracking import TrackConfig
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.train.data import DataConfig, StepFrames, align_videos, list_clips, list_videos, preview_frames
 from dva_model.nets.unet import UNetConfig
@@ -226,7 +226,7 @@ def save_preview(model: DVAModel, frames: torch.Tensor, path: Path, *, steps: in
     z_id, z_lnd, _ = encode_conditions(model.encoder, frames)
     x_T = model.invert(frames, z_id, z_lnd, steps=steps)
     reconstruction = model.decode(x_T, z_id, z_lnd, steps=steps)
-    rows = [np.concatenate(list(to_uint8(row)), axis=1) for row in (frames, reconstruction)]  # [S, N*S, 3]
+    rows = [np.concatenate(list(crops_to_uint8(row)), axis=1) for row in (frames, reconstruction)]  # [S, N*S, 3]
     write_atomically(path, lambda tmp: Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG"))
     return path
 

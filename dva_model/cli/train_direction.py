@@ -4,7 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from dva_model.edit.classifier import load_classifier, save_directions
+from dva_model.edit.classifier import load_classifier, load_identity_statistics, save_directions
 from dva_model.cli.common import add_model_options, load_model_from_args
 from dva_model.edit.direction_training import (
     RELEASE_BATCH_SIZE, RELEASE_STEPS, DirectionTrainingConfig, extract_identities, feature_statistics,
@@ -13,7 +13,6 @@ from dva_model.edit.direction_training import (
 from dva_model.constants import CELEBA_ATTRIBUTES
 from dva_model.errors import UserError
 from dva_model.cli.progress_bar import terminal_progress
-from dva_model.formats.safe_pickle import load_pickled
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,7 @@ def _statistics(args: argparse.Namespace, features):
     if args.stats.suffix in (".ckpt", ".safetensors"):
         classifier = load_classifier(args.stats)
         return classifier.mean, classifier.std
-    stats = load_pickled(args.stats, what="The identity statistics (latent.pkl)")
-    if not isinstance(stats, dict) or "conds_mean" not in stats or "conds_std" not in stats:
-        raise UserError(f"{args.stats} has no conds_mean / conds_std; pass the release's latent.pkl or a classifier.")
-    return stats["conds_mean"].float().reshape(-1), stats["conds_std"].float().reshape(-1)
+    return load_identity_statistics(args.stats)
 
 
 def _identities(args: argparse.Namespace, files):

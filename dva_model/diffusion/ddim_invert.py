@@ -1,7 +1,7 @@
 """Deterministic DDIM inversion (the eta = 0 update run towards noise), as released.
 
 Legend, for the kept step t and the next noisier kept step t'':
-    x_0, eps = clipped x_0 prediction at (x_t, t) and the eps re-derived from it (see ddim_sample)
+    x_0, eps = clipped x_0 prediction at (x_t, t) and the eps re-derived from it (``ddim_step``)
     x_t''    = sqrt(alpha_bar_t'') x_0 + sqrt(1 - alpha_bar_t'') eps
 
 S kept steps give S - 1 updates: the model is called at the first S - 1 kept steps and the result is the
@@ -14,9 +14,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from dva_model.diffusion.ddim_sample import EpsModel, _at, _check_state, _warn_if_training, predict_clipped
-from dva_model.progress import ProgressCallback, report
+from dva_model.diffusion.ddim_step import EpsModel, Sampler, check_state, coefficient_at, predict_clipped
+from dva_model.diffusion.ddim_step import warn_if_training
 from dva_model.diffusion.schedule import DDIMCoefficients, ScheduleArray
+from dva_model.progress import ProgressCallback, report
 
 
 def invert(
@@ -35,10 +36,10 @@ def invert(
     callback(done, total): after each of the S - 1 model calls; it may raise to cancel.
     Runs without autograd. Returns x_T [B, C, H, W] float32 on x_0's device (x_0 itself when S = 1).
     """
-    x = _check_state(x_0, "x_0")
-    _warn_if_training(model)
+    x = check_state(x_0, "x_0")
+    warn_if_training(model)
     coefs = DDIMCoefficients.build(alpha_bar, timesteps, x.device)
-    total = len(coefs.timesteps) - 1
+    total = model_calls(len(coefs.timesteps))
     with torch.no_grad():
         for k in range(total):
             x = invert_step(model, x, k, cond=cond, coefs=coefs)
@@ -49,4 +50,13 @@ def invert(
 def invert_step(model: EpsModel, x_t: Tensor, k: int, *, cond: Tensor, coefs: DDIMCoefficients) -> Tensor:
     """One inversion step from kept step k to k + 1; x_t [B, C, H, W] float32 -> float32, autograd as the caller's."""
     x_0, eps = predict_clipped(model, x_t, k, cond=cond, coefs=coefs)
-    return x_0 * _at(coefs.sqrt_alpha_bar_next, k, x_t) + _at(coefs.sqrt_one_minus_alpha_bar_next, k, x_t) * eps
+    return x_0 * coefficient_at(coefs.sqrt_alpha_bar_next, k, x_t) + coefficient_at(
+        coefs.sqrt_one_minus_alpha_bar_next, k, x_t) * eps
+
+
+def model_calls(steps: int) -> int:
+    """Model calls of ``invert`` for S = ``steps`` kept steps: S - 1 (it stops at the last kept step)."""
+    return steps - 1
+
+
+SAMPLER = Sampler(run=invert, model_calls=model_calls)

@@ -1,9 +1,7 @@
 """Deterministic DDIM decoding (eta = 0) with the clipped x_0 prediction, as released (Song et al. 2021, eq. 12).
 
 Legend, for the kept step t and the next cleaner kept step t' (alpha_bar_t' = 1 below the first):
-    eps_theta = model(x_t, t, z_face)                          t: the ORIGINAL timestep index
-    x_0      = clamp(sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps_theta, -1, 1)
-    eps      = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1)   (re-derived from the CLIPPED x_0)
+    x_0, eps = clipped x_0 prediction at (x_t, t) and the eps re-derived from it (``ddim_step``)
     x_t'     = sqrt(alpha_bar_t') x_0 + sqrt(1 - alpha_bar_t') eps
 
 The state x_t is float32 throughout, with float32 coefficients cast from float64 as the release does.
@@ -11,19 +9,16 @@ The model is any callable ``model(x_t [B,C,H,W] float32, t [B] int64, cond) -> e
 dtype it computes in (e.g. a bf16 UNet, which casts its inputs itself), eps is brought back to float32.
 """
 
-import logging
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from dva_model.progress import ProgressCallback, report
+from dva_model.diffusion.ddim_step import (
+    EpsModel, Sampler, StepIndex, check_state, coefficient_at, predict_clipped, warn_if_training,
+)
 from dva_model.diffusion.schedule import DDIMCoefficients, ScheduleArray
-
-logger = logging.getLogger(__name__)
-
-EpsModel = Callable[[Tensor, Tensor, Tensor], Tensor]
-StepIndex = Union[int, Tensor]  # position(s) in the kept steps: an int, or [B] int64 (one per item)
+from dva_model.progress import ProgressCallback, report
 
 
 def sample(
@@ -44,15 +39,24 @@ def sample(
     callback(done, total): after each of the S model calls; it may raise to cancel.
     Runs without autograd. Returns x_0 [B, C, H, W] float32 in [-1, 1] on x_T's device.
     """
-    x = _check_state(x_T, "x_T")
-    _warn_if_training(model)
-    coefs = DDIMCoefficients.build(alpha_bar, timesteps, x.device)
-    total = len(coefs.timesteps)
-    with torch.no_grad():
-        for done, k in enumerate(reversed(range(total)), start=1):
-            x = sample_step(model, x, k, cond=cond, coefs=coefs)
-            report(callback, done, total)
+    x, total = check_state(x_T, "x_T"), model_calls(len(timesteps))
+    for done, x in enumerate(trajectory(model, x, timesteps, cond=cond, alpha_bar=alpha_bar), start=1):
+        report(callback, done, total)
     return x
+
+
+def trajectory(
+    model: EpsModel, x_T: Tensor, timesteps: Sequence[int], *, cond: Tensor, alpha_bar: ScheduleArray
+) -> Iterator[Tensor]:
+    """The states ``sample`` passes through: x at each cleaner kept step, the last one x_0 (S states,
+    each [B, C, H, W] float32; computed without autograd one at a time, as they are consumed)."""
+    x = check_state(x_T, "x_T")
+    warn_if_training(model)
+    coefs = DDIMCoefficients.build(alpha_bar, timesteps, x.device)
+    for k in reversed(range(len(coefs.timesteps))):
+        with torch.no_grad():
+            x = sample_step(model, x, k, cond=cond, coefs=coefs)
+        yield x
 
 
 def sample_step(model: EpsModel, x_t: Tensor, k: StepIndex, *, cond: Tensor, coefs: DDIMCoefficients) -> Tensor:
@@ -62,38 +66,13 @@ def sample_step(model: EpsModel, x_t: Tensor, k: StepIndex, *, cond: Tensor, coe
     Returns x_{t'} [B, C, H, W] float32.
     """
     x_0, eps = predict_clipped(model, x_t, k, cond=cond, coefs=coefs)
-    return x_0 * _at(coefs.sqrt_alpha_bar_prev, k, x_t) + _at(coefs.sqrt_one_minus_alpha_bar_prev, k, x_t) * eps
+    return x_0 * coefficient_at(coefs.sqrt_alpha_bar_prev, k, x_t) + coefficient_at(
+        coefs.sqrt_one_minus_alpha_bar_prev, k, x_t) * eps
 
 
-def predict_clipped(
-    model: EpsModel, x_t: Tensor, k: StepIndex, *, cond: Tensor, coefs: DDIMCoefficients
-) -> Tuple[Tensor, Tensor]:
-    """Model call at kept step k, then the clipped x_0 and the eps re-derived from it (both float32 [B,C,H,W])."""
-    t = coefs.timesteps[k.to(x_t.device)] if isinstance(k, Tensor) else coefs.timesteps[k].repeat(len(x_t))  # [B]
-    eps_theta = model(x_t, t, cond)
-    if eps_theta.shape != x_t.shape:
-        raise ValueError(f"The model returned {tuple(eps_theta.shape)} for x_t of shape {tuple(x_t.shape)}.")
-    sqrt_recip = _at(coefs.sqrt_recip_alpha_bar, k, x_t)
-    sqrt_recipm1 = _at(coefs.sqrt_recipm1_alpha_bar, k, x_t)
-    x_0 = (sqrt_recip * x_t - sqrt_recipm1 * eps_theta.float()).clamp(-1, 1)
-    eps = (sqrt_recip * x_t - x_0) / sqrt_recipm1
-    return x_0, eps
+def model_calls(steps: int) -> int:
+    """Model calls of ``sample`` for S = ``steps`` kept steps: one per step."""
+    return steps
 
 
-def _at(values: Tensor, k: StepIndex, x: Tensor) -> Tensor:
-    """values[k] shaped to broadcast over x: [] for an int k, [B, 1, 1, 1] for a [B] tensor k."""
-    if isinstance(k, Tensor):
-        return values[k.to(values.device)].view(-1, *([1] * (x.ndim - 1)))
-    return values[k]
-
-
-def _check_state(x: Tensor, name: str) -> Tensor:
-    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a float tensor [B, C, H, W], got {shape}.")
-    return x.float()
-
-
-def _warn_if_training(model: EpsModel) -> None:
-    if isinstance(model, nn.Module) and model.training:
-        logger.warning("The model is in training mode: dropout makes DDIM non-deterministic; call .eval() first.")
+SAMPLER = Sampler(run=sample, model_calls=model_calls)

@@ -30,6 +30,7 @@ from dva_model.formats.safe_pickle import load_pickled
 
 EditNorm = Literal["keep", "unit"]
 DIRECTIONS_FORMAT = "dva-directions/1"
+MAX_DIRECTIONS = 1024  # rows a direction file may hold (the release: 40); checked before names are made
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,23 +80,59 @@ def load_classifier(path: Union[str, Path], *, latent_stats: Optional[Union[str,
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or "classifier.weight" not in state:
         raise ModelFileError(f"{path} is not an attribute classifier checkpoint (no classifier.weight).")
-    weight = state["classifier.weight"].float()
+    weight = _checked_weight(state["classifier.weight"], path)
     mean, std = state.get("conds_mean"), state.get("conds_std")
     if (mean is None or std is None) and latent_stats is not None:
-        stats = load_pickled(Path(latent_stats), what="The identity statistics (latent.pkl)")
-        mean, std = stats["conds_mean"], stats["conds_std"]
+        mean, std = load_identity_statistics(latent_stats)
     if mean is None or std is None:
         raise ModelFileError(f"{path} has no conds_mean/conds_std; pass the release's latent.pkl as well.")
+    mean, std = _checked_statistic(mean, "conds_mean", path), _checked_statistic(std, "conds_std", path)
     names = CELEBA_ATTRIBUTES if len(weight) == len(CELEBA_ATTRIBUTES) else tuple(f"attr_{i}" for i in range(len(weight)))
-    return _checked(weight, mean.float().reshape(-1), std.float().reshape(-1), names, path)
+    return _checked(weight, mean, std, names, path)
+
+
+def load_identity_statistics(path: Union[str, Path]) -> Tuple[Tensor, Tensor]:
+    """conds_mean, conds_std [512] float32 of the release's ``latent.pkl`` (a torch.save dict)."""
+    path = Path(path)
+    stats = load_pickled(path, what="The identity statistics (latent.pkl)")
+    if not isinstance(stats, Mapping) or "conds_mean" not in stats or "conds_std" not in stats:
+        raise ModelFileError(f"{path} holds a {type(stats).__name__} without conds_mean and conds_std; "
+                             "pass the release's latent.pkl.")
+    return _checked_statistic(stats["conds_mean"], "conds_mean", path), _checked_statistic(stats["conds_std"], "conds_std", path)
+
+
+def _checked_weight(weight: object, path: Path) -> Tensor:
+    """classifier.weight as [K, 512] float32, K at most MAX_DIRECTIONS, checked before anything uses K."""
+    if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.shape[1] != ID_DIM \
+            or not 1 <= weight.shape[0] <= MAX_DIRECTIONS or not weight.is_floating_point():
+        raise ModelFileError(f"{path}: classifier.weight must be a float [K, {ID_DIM}] tensor with K from 1 to "
+                             f"{MAX_DIRECTIONS}, not {_describe(weight)}.")
+    return weight.float()
+
+
+def _checked_statistic(value: object, name: str, path: Path) -> Tensor:
+    if not isinstance(value, Tensor) or value.numel() != ID_DIM or not value.is_floating_point():
+        raise ModelFileError(f"{path}: {name} must be a float tensor of {ID_DIM} numbers, not {_describe(value)}.")
+    return value.float().reshape(-1)
+
+
+def _describe(value: object) -> str:
+    return f"a tensor {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
 
 
 def _load_directions(path: Path) -> AttributeClassifier:
     tensors, metadata = read_safetensors(path, what="direction file", error=ModelFileError)
     if metadata.get("format") != DIRECTIONS_FORMAT or not {"weight", "mean", "std"} <= tensors.keys():
         raise ModelFileError(f"{path} is not a DVA direction file (expected weight, mean, std and format {DIRECTIONS_FORMAT}).")
-    names = tuple(json.loads(metadata["attribute_names"]))
-    return _checked(tensors["weight"].float(), tensors["mean"].float(), tensors["std"].float(), names, path)
+    try:
+        names = json.loads(metadata.get("attribute_names", ""))
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{path}: its attribute_names metadata is not valid JSON ({error}).") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ModelFileError(f"{path}: its attribute_names metadata must be a list of names.")
+    weight = _checked_weight(tensors["weight"], path)
+    mean, std = _checked_statistic(tensors["mean"], "mean", path), _checked_statistic(tensors["std"], "std", path)
+    return _checked(weight, mean, std, tuple(names), path)
 
 
 def save_directions(path: Union[str, Path], classifier: AttributeClassifier) -> Path:

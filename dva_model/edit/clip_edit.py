@@ -20,39 +20,38 @@ minimised by Adam (lr 0.002) for 2000 iterations as released. The result is the 
 
 Our default ``norm="keep"`` rescales that to |z_id| (scale 0 then returns z_id itself, as the
 classifier edit's default does); ``norm="unit"`` reproduces the release. Deltas combine with attribute
-edits in one fixed order: the CLIP delta first, then the classifier directions (``combine_edits``).
+edits in one fixed order: the CLIP delta first, then the classifier directions
+(``dva_model.edit.identity.compose_identity_edits``).
 """
 
 import copy
 import itertools
 import json
 import logging
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dva_model.nets.bisenet import foreground_mask
-from dva_model.edit.classifier import AttributeClassifier, EditNorm, edit_identity
 from dva_model.edit.clip_loss import ClipDirectionalLoss, log_directional_loss
+from dva_model.edit.identity import IdentityDelta
 from dva_model.constants import ID_DIM, LANDMARK_DIM, TRAINING_MASK_EXCLUDED
 from dva_model.diffusion.ddim_invert import invert
-from dva_model.diffusion.ddim_sample import sample_step
+from dva_model.diffusion.ddim_sample import sample_step, trajectory
 from dva_model.errors import UserError
 from dva_model.formats.files import read_safetensors, write_safetensors
 from dva_model.formats.latent_io import Latent
-from dva_model.model import DVAModel
+from dva_model.model import DVAModel, unet_eps
 from dva_model.progress import ProgressCallback, report
 from dva_model.diffusion.schedule import DDIMCoefficients, respaced_timesteps
 
 logger = logging.getLogger(__name__)
 
 DELTA_FORMAT = "dva-identity-delta/1"
-DEFAULT_SCALE = 0.5  # the README's example ("face" -> "face with beard"); the script's own default is 1.0
 TRAJECTORY_STEPS = 5  # kept steps 0, 200, 400, 600, 800 (the release's n_train_step)
 
 PathLike = Union[str, Path]
@@ -119,20 +118,6 @@ class ClipEditLosses(NamedTuple):
 
 
 @dataclass(frozen=True, kw_only=True)
-class IdentityDelta:
-    """A CLIP edit, reusable on any clip: ``delta`` [512] float32 plus how it was made (``info``)."""
-
-    delta: Tensor
-    source_text: str = ""
-    target_text: str = ""
-    info: Mapping[str, object] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.delta.shape != (ID_DIM,):
-            raise ValueError(f"delta must be [{ID_DIM}], got {tuple(self.delta.shape)}.")
-
-
-@dataclass(frozen=True, kw_only=True)
 class ClipEditResult:
     """The learnt delta and the loss terms of every iteration."""
 
@@ -174,16 +159,6 @@ def reference_from_latent(
                           z_lnd=latent.z_lnd[index].to(device).float(), mask=mask.float())
 
 
-def _eps_model(unet: nn.Module):
-    """The UNet in its weights' dtype, float32 in and out; autograd follows the caller."""
-    dtype = next(unet.parameters()).dtype
-
-    def eps(x_t: Tensor, t: Tensor, z_face: Tensor) -> Tensor:
-        return unet(x_t.to(dtype), t, z_face.to(dtype)).float()
-
-    return eps
-
-
 def _autograd_ready(module: nn.Module) -> nn.Module:
     """``module``, or a copy of it when its weights are inference tensors (made under torch.inference_mode,
     as ComfyUI runs every node, also when it moves a model between devices): autograd cannot save those
@@ -202,14 +177,9 @@ def reconstruction_trajectory(model: DVAModel, reference: ReferenceFrame, *, ste
     (to the last kept step), then reconstructed one DDIM step at a time: [x_last, ..., x_0, final]."""
     timesteps = respaced_timesteps(steps)
     z_face = model.face_condition(reference.z_id[None], reference.z_lnd[None])  # [1, 512]
-    coefs = DDIMCoefficients.build(model.alpha_bar, timesteps, z_face.device)
-    eps = _eps_model(model.unet)
+    eps = unet_eps(model.unet)
     x = invert(eps, reference.crop.to(z_face.device), timesteps, cond=z_face, alpha_bar=model.alpha_bar)
-    states = [x]
-    for k in reversed(range(len(timesteps))):
-        x = sample_step(eps, x, k, cond=z_face, coefs=coefs)
-        states.append(x)
-    return torch.cat(states)
+    return torch.cat([x, *trajectory(eps, x, timesteps, cond=z_face, alpha_bar=model.alpha_bar)])
 
 
 class EditObjective:
@@ -235,7 +205,7 @@ class EditObjective:
             self.e_0 = reference.z_id.to(device).float().clone()[None]  # [1, 512]
             self.unet, self.linear = _autograd_ready(model.unet), _autograd_ready(model.encoder.linear)
             self.clip_loss = _autograd_ready(clip_loss)
-            self.eps = _eps_model(self.unet)
+            self.eps = unet_eps(self.unet)
             with torch.no_grad():
                 self.text_direction = self.clip_loss.text_direction(config.source_text, config.target_text)
                 self.source_features = self.clip_loss.image_features(self.source)
@@ -299,49 +269,6 @@ def _log_losses(history: Sequence[ClipEditLosses]) -> None:
                 first.total, last.total, first.clip, last.clip, first.identity, last.identity, first.l1, last.l1)
 
 
-def apply_delta(z_id: Tensor, delta: Union[IdentityDelta, Tensor], *, scale: float = DEFAULT_SCALE,
-                norm: EditNorm = "keep") -> Tensor:
-    """z_id_edit = l2n(z_id + scale * delta) for a clip identity z_id [512] (the clip's mean identity).
-
-    norm="unit" returns exactly the release's unit vector; "keep" (default) rescales it to |z_id| so that
-    scale 0 returns z_id unchanged. Returns [512] float32 on z_id's device.
-    """
-    if norm not in ("keep", "unit"):
-        raise ValueError(f"norm must be 'keep' or 'unit', got {norm!r}.")
-    vector = delta.delta if isinstance(delta, IdentityDelta) else delta
-    if z_id.shape != (ID_DIM,) or vector.shape != (ID_DIM,):
-        raise ValueError(f"z_id and delta must both be [{ID_DIM}], got {tuple(z_id.shape)} and {tuple(vector.shape)}.")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale}.")
-    z_id = z_id.float()
-    if norm == "keep" and scale == 0:
-        return z_id.clone()
-    edited = F.normalize(z_id + scale * vector.to(z_id.device, torch.float32), dim=0)
-    return edited * z_id.norm() if norm == "keep" else edited
-
-
-def combine_edits(
-    z_id: Tensor,
-    *,
-    deltas: Sequence[Tuple[Union[IdentityDelta, Tensor], float]] = (),
-    classifier: Optional[AttributeClassifier] = None,
-    attributes: Sequence[Tuple[str, float]] = (),
-    norm: EditNorm = "keep",
-) -> Tensor:
-    """CLIP deltas first (each ``apply_delta``, in order), then classifier attribute edits (``edit_identity``).
-
-    z_id: [512] clip identity; deltas: (delta, scale) pairs; attributes: (name, scale) pairs, which need
-    ``classifier``. With norm="unit" every stage returns a unit vector, as each published edit does.
-    """
-    for delta, scale in deltas:
-        z_id = apply_delta(z_id, delta, scale=scale, norm=norm)
-    if attributes:
-        if classifier is None:
-            raise ValueError("Attribute edits need the classifier whose directions they name.")
-        z_id = edit_identity(z_id, classifier, attributes, norm=norm)
-    return z_id.float()
-
-
 def save_delta(path: PathLike, delta: IdentityDelta) -> Path:
     """Write ``delta`` as ``.safetensors`` (atomically); texts and settings go in the metadata."""
     metadata = {"format": DELTA_FORMAT, "source_text": delta.source_text, "target_text": delta.target_text,
@@ -359,8 +286,10 @@ def load_delta(path: PathLike) -> IdentityDelta:
         raise UserError(f"{path} is not a DVA identity delta (format {metadata.get('format')!r}, "
                         f"expected {DELTA_FORMAT}).")
     try:
+        info = json.loads(metadata.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError("its info metadata is not an object")
         return IdentityDelta(delta=tensors["delta"].float(), source_text=metadata.get("source_text", ""),
-                             target_text=metadata.get("target_text", ""),
-                             info=json.loads(metadata.get("info", "{}")))
-    except ValueError as error:
+                             target_text=metadata.get("target_text", ""), info=info)
+    except (ValueError, TypeError) as error:
         raise UserError(f"{path} is a damaged identity delta ({error}).") from error

@@ -16,7 +16,6 @@ are read or a model is built, so the rest of the library works without it.
 
 import logging
 import re
-import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Final, Optional, Sequence, Union
 
@@ -25,6 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dva_model.errors import ModelFileError
+from dva_model.formats.clip_weights import (
+    HF_CACHE_REPO, OPENAI_CACHE_FILE, download_clip_weights, find_cached_clip_weights, read_clip_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +61,8 @@ RESIZE_ANTIALIAS: Final = False  # as released (torchvision 0.13 tensor resize)
 EDIT_DIRECTION_EPS: Final = 1e-7  # added to |d_img| before dividing, as released
 COSINE_EPS: Final = 1e-8  # torch.nn.CosineSimilarity's default, which the release uses
 
-RELEASE_CLIP_NAME: Final = "ViT-B-16"  # open_clip's name for OpenAI's ViT-B/16
 RELEASE_PATCH_SIZE: Final = 16
 RELEASE_VISION_WIDTH: Final = 768
-OPENAI_CACHE_FILE: Final = Path("~/.cache/clip/ViT-B-16.pt")  # where OpenAI's clip and open_clip keep it
-HF_CACHE_REPO: Final = "timm/vit_base_patch16_clip_224.openai"  # open_clip's hub copy of the same weights
-HF_CACHE_FILES: Final = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-CLIP_MANIFEST_KEY: Final = "clip/ViT-B-16 (openai)"  # its entry in the download manifest
 HEAD_WIDTH: Final = 64  # CLIP attention head width: heads = width // 64 in both towers
 # Entries some exports carry beside the weights: OpenAI's archive stores three ints, traced open_clip
 # models the causal mask (a non-persistent buffer of open_clip's CLIP).
@@ -148,75 +145,6 @@ def log_directional_loss(directional_loss: Tensor) -> Tensor:
     return -torch.log((2 - directional_loss) / 2)
 
 
-def find_cached_clip_weights() -> Optional[Path]:
-    """OpenAI ViT-B/16 weights already on disk: OpenAI's / open_clip's ~/.cache/clip/ViT-B-16.pt, else
-    open_clip's Hugging Face cache copy. Never downloads; None when there are none."""
-    openai_file = OPENAI_CACHE_FILE.expanduser()
-    if openai_file.is_file():
-        return openai_file
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in HF_CACHE_FILES:
-        cached = try_to_load_from_cache(HF_CACHE_REPO, filename)
-        if isinstance(cached, str) and Path(cached).is_file():
-            return Path(cached)
-    return None
-
-
-def download_clip_weights() -> Path:
-    """Fetch OpenAI's ViT-B/16 with open_clip's own download (its Hugging Face copy, else OpenAI's URL)
-    into open_clip's cache, where ``find_cached_clip_weights`` finds it; return the file.
-
-    Only for an explicit request (the ``download`` command, ``--download-clip``, a node option)."""
-    try:
-        from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-    except ImportError:
-        raise ModelFileError("Downloading CLIP needs the package open-clip-torch: pip install open-clip-torch") from None
-
-    logger.info("Downloading OpenAI CLIP %s through open_clip.", RELEASE_CLIP_NAME)
-    try:
-        path = download_pretrained(get_pretrained_cfg(RELEASE_CLIP_NAME, "openai"))
-    except (OSError, RuntimeError) as error:
-        raise ModelFileError(f"open_clip could not download OpenAI's {RELEASE_CLIP_NAME} ({error}); check the "
-                             "network connection and try again.") from None
-    if not path or not Path(path).is_file():
-        raise ModelFileError(f"open_clip returned no file for OpenAI's {RELEASE_CLIP_NAME}.")
-    return Path(path)
-
-
-def read_clip_state(path: PathLike) -> Dict[str, Tensor]:
-    """The state dict of a CLIP weight file: OpenAI's TorchScript ``.pt``, an open_clip ``.safetensors``,
-    or a ``.bin`` / ``.pt`` state dict (read with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"The CLIP weight file {path} does not exist; pass the OpenAI ViT-B-16.pt file.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if _is_torchscript(path):
-        # OpenAI's archive: TorchScript deserialisation builds tensors and code objects but runs nothing here.
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as error:
-        raise ModelFileError(f"{path} is not a readable CLIP weight file ({error}).") from error
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise ModelFileError(f"{path} holds a {type(loaded).__name__}, not a CLIP state dict.")
-    return {key.removeprefix("module."): value for key, value in loaded.items()}
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
 def _count_blocks(state: Dict[str, Tensor], prefix: str) -> int:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return len({match.group(1) for key in state for match in [pattern.match(key)] if match})
@@ -271,7 +199,13 @@ def load_clip(weights: Optional[PathLike] = None, *, device: Union[str, torch.de
             f"{HF_CACHE_REPO}); pass the OpenAI ViT-B-16.pt file, or fetch it with "
             "`python -m dva_model download --what clip`."
         )
-    return build_clip(read_clip_state(path)).to(device)
+    try:
+        model = build_clip(read_clip_state(path))
+    except ModelFileError as error:
+        if str(path) in str(error):
+            raise
+        raise ModelFileError(f"{path}: {error}") from error
+    return model.to(device)
 
 
 def clip_loss_for(clip_model: nn.Module) -> ClipDirectionalLoss:

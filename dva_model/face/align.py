@@ -15,12 +15,15 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import numpy as np
 import torch
 
 from dva_model.constants import CROP_SIZE
+from dva_model.errors import one_of
+from dva_model.face.runs import true_runs
+from dva_model.formats.image_io import to_uint8
 
 # FFHQ quad recipe (Karras et al. 2019; STIT's video version).
 EYE_LEFT = slice(36, 42)
@@ -44,6 +47,7 @@ TRIANGLE_SIGMA = 1.0 / math.sqrt(6.0)
 BLUR_TRUNCATE = 3.0  # kernel radius in sigmas
 
 AlignMethod = Literal["direct", "release"]
+ALIGN_METHODS: tuple[str, ...] = get_args(AlignMethod)  # first = default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +71,8 @@ class AlignConfig:
             raise ValueError(f"Crop size must be at least 8 pixels, got {self.size}.")
         if self.sigma_centre < 0 or self.sigma_axes < 0:
             raise ValueError("Smoothing sigmas must be 0 (off) or positive.")
-        if self.method not in ("direct", "release"):
-            raise ValueError(f"Unknown align method {self.method!r}; choose 'direct' or 'release'.")
+        if self.method not in ALIGN_METHODS:
+            raise ValueError(f"Unknown align method {self.method!r}; choose {one_of(ALIGN_METHODS)}.")
 
 
 def quad_axes(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,12 +100,6 @@ def quad_axes(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return c, x, y
 
 
-def _segments(valid: np.ndarray) -> list[slice]:
-    """Contiguous runs of True in ``valid`` [N] as slices."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], valid, [False]]).astype(np.int8)))
-    return [slice(int(start), int(stop)) for start, stop in zip(edges[::2], edges[1::2])]
-
-
 def smooth_axes(
     c: np.ndarray, x: np.ndarray, y: np.ndarray, valid: Optional[np.ndarray] = None, *,
     sigma_centre: float = SIGMA_CENTRE, sigma_axes: float = SIGMA_AXES,
@@ -113,7 +111,7 @@ def smooth_axes(
 
     valid = np.ones(len(c), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     out = [np.full_like(v, np.nan, dtype=np.float64) for v in (c, x, y)]
-    for part in _segments(valid):
+    for part in true_runs(valid):
         for source, target, sigma in ((c, out[0], sigma_centre), (x, out[1], sigma_axes), (y, out[2], sigma_axes)):
             values = np.asarray(source[part], dtype=np.float64)
             target[part] = gaussian_filter1d(values, sigma=sigma, axis=0) if sigma > 0 else values
@@ -283,7 +281,7 @@ def align_frames(
     """Crops for the model from video frames: [B, H, W, 3] float in [0, 1] + quads [B, 4, 2]
     -> [B, 3, S, S] float in [-1, 1] (pixels outside the frame are black, as in the release)."""
     if config.method == "release":
-        images = (frames.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        images = to_uint8(frames)
         crops = np.stack([crop_release(image, quad, size=config.size) for image, quad in zip(images, quads)])
         unit = torch.from_numpy(crops).to(frames.device).permute(0, 3, 1, 2).float() / 255.0
     else:

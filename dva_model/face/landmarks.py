@@ -1,4 +1,4 @@
-"""Face detection, 68-point iBUG landmarks and face tracking across the frames of a video.
+"""Face detection and 68-point iBUG landmarks: the backends, named in two tables.
 
 One small interface: a ``FaceDetector`` finds boxes in an RGB frame, a ``LandmarkPredictor`` places the
 68 iBUG points inside one box, and ``FaceLandmarker`` pairs the two. Real backends:
@@ -8,9 +8,8 @@ One small interface: a ``FaceDetector`` finds boxes in an RGB frame, a ``Landmar
 - face-alignment (FAN landmarks, S3FD detector; weights from its own cache under ``$TORCH_HOME``);
 - insightface's SCRFD detector (``det_*.onnx`` under ``models/insightface`` as other packs keep it).
 
-Heavy backends are imported inside the class that uses them. ``track_faces`` follows ONE face: the
-largest at the start, then the detection nearest the previous box; short gaps are interpolated, longer
-gaps are flagged so paste-back leaves those frames untouched, and a clip with no face is an error.
+Heavy backends are imported inside the class that uses them. Following one face through a clip is
+``dva_model.face.tracking``.
 """
 
 from __future__ import annotations
@@ -21,14 +20,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Optional, Protocol, Union
+from typing import Callable, Literal, Optional, Protocol, Union
 
 import numpy as np
-import torch
 
 from dva_model.constants import LANDMARK_POINTS
-from dva_model.errors import ModelFileError, NoFaceError, UserError
-from dva_model.progress import ProgressCallback, report
+from dva_model.errors import ModelFileError, NoFaceError, UserError, one_of
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +247,41 @@ class InsightFaceDetector:
         return np.asarray(boxes, dtype=np.float64).reshape(-1, BOX_COLUMNS)
 
 
+@dataclass
+class BackendOptions:
+    """What the backend factories may need: dlib's 68-point file (``models_dir`` is searched for it), the
+    insightface models folder, the device; one face-alignment model is shared by detector and landmarks."""
+
+    models_dir: Optional[PathLike] = None
+    insightface_dir: Optional[PathLike] = None
+    device: str = "cpu"
+    _fan: Optional[FaceAlignmentBackend] = None
+
+    def face_alignment(self) -> FaceAlignmentBackend:
+        """The one face-alignment model of this landmarker (built on first use)."""
+        if self._fan is None:
+            self._fan = FaceAlignmentBackend(device=self.device)
+        return self._fan
+
+
+def _insightface_detector(options: BackendOptions) -> InsightFaceDetector:
+    if options.insightface_dir is None:
+        raise UserError("The insightface detector needs its models folder (models/insightface).")
+    return InsightFaceDetector(options.insightface_dir, device=options.device)
+
+
+# The backends by name: the CLI's and the nodes' option lists are these keys (first = default).
+DETECTORS: dict[str, Callable[[BackendOptions], FaceDetector]] = {
+    "dlib": lambda options: DlibDetector(),
+    "insightface": _insightface_detector,
+    "face_alignment": BackendOptions.face_alignment,
+}
+LANDMARK_MODELS: dict[str, Callable[[BackendOptions], LandmarkPredictor]] = {
+    "dlib": lambda options: DlibLandmarks(find_dlib_landmark_model(options.models_dir)),
+    "face_alignment": BackendOptions.face_alignment,
+}
+
+
 def make_landmarker(
     *,
     detector: DetectorName = "dlib",
@@ -258,205 +290,13 @@ def make_landmarker(
     insightface_dir: Optional[PathLike] = None,
     device: str = "cpu",
 ) -> FaceLandmarker:
-    """Build a ``FaceLandmarker`` from backend names.
+    """Build a ``FaceLandmarker`` from backend names (keys of ``DETECTORS`` and ``LANDMARK_MODELS``).
 
     ``models_dir`` is searched for dlib's 68-point file; ``insightface_dir`` holds the SCRFD ONNX file.
     """
-    fan = None
-    if detector == "face_alignment" or landmarks == "face_alignment":
-        fan = FaceAlignmentBackend(device=device)
-    if detector == "dlib":
-        face_detector: FaceDetector = DlibDetector()
-    elif detector == "insightface":
-        if insightface_dir is None:
-            raise UserError("The insightface detector needs its models folder (models/insightface).")
-        face_detector = InsightFaceDetector(insightface_dir, device=device)
-    elif detector == "face_alignment":
-        face_detector = fan
-    else:
-        raise ValueError(f"Unknown face detector {detector!r}; choose dlib, insightface or face_alignment.")
-    if landmarks == "dlib":
-        predictor: LandmarkPredictor = DlibLandmarks(find_dlib_landmark_model(models_dir))
-    elif landmarks == "face_alignment":
-        predictor = fan
-    else:
-        raise ValueError(f"Unknown landmark backend {landmarks!r}; choose dlib or face_alignment.")
-    return FaceLandmarker(detector=face_detector, predictor=predictor)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Tracking one face through a clip
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrackConfig:
-    """How ``track_faces`` follows one face.
-
-    max_gap: runs of at most this many frames without a detection are filled in (interpolated between
-        detections, held at the clip's ends); longer runs are flagged "no face".
-    max_jump: a detection whose centre is farther than ``max_jump`` x the previous box's size from the
-        previous centre is another face and is ignored (the tracked face counts as missing there).
-    """
-
-    max_gap: int = 8
-    max_jump: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.max_gap < 0:
-            raise ValueError(f"max_gap must be 0 or more frames, got {self.max_gap}.")
-        if self.max_jump <= 0:
-            raise ValueError(f"max_jump must be positive, got {self.max_jump}.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FaceTrack:
-    """One face through N frames.
-
-    landmarks: [N, 68, 2] float64 (x, y) pixels; NaN where ``has_face`` is False.
-    boxes: [N, 4] float64 detection boxes (x0, y0, x1, y1); NaN where ``detected`` is False.
-    detected: [N] bool, the face was detected in that frame.
-    has_face: [N] bool, detected or filled in from neighbouring frames (short gap).
-    """
-
-    landmarks: np.ndarray
-    boxes: np.ndarray
-    detected: np.ndarray
-    has_face: np.ndarray
-
-    def missing_runs(self) -> list[tuple[int, int]]:
-        """Runs ``(first, last)`` (inclusive) of frames without a face (``has_face`` False)."""
-        return _runs(~self.has_face)
-
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive ``(first, last)`` index runs where ``flags`` is True."""
-    runs, start = [], None
-    for index, flag in enumerate(flags):
-        if flag and start is None:
-            start = index
-        elif not flag and start is not None:
-            runs.append((start, index - 1))
-            start = None
-    if start is not None:
-        runs.append((start, len(flags) - 1))
-    return runs
-
-
-def _box_size(box: np.ndarray) -> float:
-    return float(np.sqrt(max(box[2] - box[0], 1.0) * max(box[3] - box[1], 1.0)))
-
-
-def _centre(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[..., :2] + boxes[..., 2:4]) / 2
-
-
-def choose_face(boxes: np.ndarray, previous: Optional[np.ndarray], max_jump: float) -> Optional[np.ndarray]:
-    """Pick the tracked face among ``boxes`` [K, 5]: the largest when there is no ``previous`` box,
-    else the one nearest ``previous`` (None if it jumped farther than ``max_jump`` box sizes)."""
-    if len(boxes) == 0:
-        return None
-    if previous is None:
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        return boxes[int(np.argmax(areas))]
-    distances = np.linalg.norm(_centre(boxes) - _centre(previous), axis=1)
-    nearest = int(np.argmin(distances))
-    if distances[nearest] > max_jump * _box_size(previous):
-        return None
-    return boxes[nearest]
-
-
-def _as_images(chunk: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-    """A frame [H, W, 3] or chunk [n, H, W, 3] (uint8, or float in [0, 1]) -> uint8 [n, H, W, 3]."""
-    if isinstance(chunk, torch.Tensor):
-        chunk = chunk.cpu().numpy() if chunk.dtype == torch.uint8 else (
-            (chunk.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        )
-    elif chunk.dtype != np.uint8:
-        chunk = np.clip(np.rint(chunk * 255.0), 0, 255).astype(np.uint8)
-    return chunk[None] if chunk.ndim == 3 else chunk
-
-
-def fill_gaps(
-    landmarks: np.ndarray, detected: np.ndarray, max_gap: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fill runs of at most ``max_gap`` undetected frames: linear interpolation between the detections
-    on both sides, or the nearest detection at the clip's ends. Returns ``(landmarks, has_face)``.
-
-    landmarks: [N, 68, 2] float64, rows where ``detected`` is False are ignored.
-    """
-    filled = landmarks.copy()
-    has_face = detected.copy()
-    count = len(detected)
-    for first, last in _runs(~detected):
-        if last - first + 1 > max_gap:
-            filled[first: last + 1] = np.nan
-            continue
-        before, after = first - 1, last + 1
-        if before < 0 and after >= count:
-            continue  # nothing detected anywhere
-        if before < 0:
-            filled[first: last + 1] = landmarks[after]
-        elif after >= count:
-            filled[first: last + 1] = landmarks[before]
-        else:
-            weights = (np.arange(first, last + 1) - before) / (after - before)  # [gap]
-            filled[first: last + 1] = (1 - weights)[:, None, None] * landmarks[before] + weights[:, None, None] * landmarks[after]
-        has_face[first: last + 1] = True
-    return filled, has_face
-
-
-def track_faces(
-    frames: Iterable[Union[np.ndarray, torch.Tensor]],
-    landmarker: FaceLandmarker,
-    *,
-    config: TrackConfig = TrackConfig(),
-    total: Optional[int] = None,
-    callback: Optional[ProgressCallback] = None,
-    source: str = "the video",
-) -> FaceTrack:
-    """Detect, track and landmark one face through a clip.
-
-    frames: an iterable of frames [H, W, 3] or chunks [n, H, W, 3], RGB uint8 (or float in [0, 1]).
-    The largest face of the first frame with a face starts the track; each later frame takes the
-    detection nearest the previous box; after a flagged gap (longer than ``config.max_gap``) the
-    largest face starts a new track. Raises ``NoFaceError`` when no frame has a face.
-    """
-    rows_landmarks, rows_boxes, detected = [], [], []
-    previous: Optional[np.ndarray] = None
-    since_seen = 0
-    for chunk in frames:
-        for image in _as_images(chunk):
-            if previous is not None and since_seen > config.max_gap:
-                previous = None  # the track was lost: start again from the largest face
-            box = choose_face(landmarker.detector.detect(image), previous, config.max_jump)
-            if box is None:
-                rows_landmarks.append(np.full((LANDMARK_POINTS, 2), np.nan))
-                rows_boxes.append(np.full(4, np.nan))
-                since_seen += 1
-            else:
-                rows_landmarks.append(landmarker.predictor.landmarks(image, box))
-                rows_boxes.append(np.asarray(box[:4], dtype=np.float64))
-                previous, since_seen = box, 0
-            detected.append(box is not None)
-            report(callback, len(detected), total or len(detected))
-    if not detected:
-        raise UserError(f"No frames were given to find faces in ({source}).")
-    detected_flags = np.asarray(detected)
-    if not detected_flags.any():
-        raise NoFaceError(
-            f"No face was found in any of the {len(detected)} frames of {source}; use a video that shows a face."
-        )
-    landmarks, has_face = fill_gaps(np.stack(rows_landmarks), detected_flags, config.max_gap)
-    track = FaceTrack(landmarks=landmarks, boxes=np.stack(rows_boxes), detected=detected_flags, has_face=has_face)
-    for first, last in track.missing_runs():
-        log.warning("No face in frames %d-%d of %s; those frames are left untouched.", first, last, source)
-    return track
-
-
-def landmarks_of_image(image: np.ndarray, landmarker: FaceLandmarker) -> np.ndarray:
-    """68 landmarks [68, 2] of the largest face in one RGB uint8 image [H, W, 3]; ``NoFaceError`` if none."""
-    box = choose_face(landmarker.detector.detect(image), None, 1.0)
-    if box is None:
-        raise NoFaceError("No face was found in the image; use an image that shows a face.")
-    return landmarker.predictor.landmarks(image, box)
-
+    if detector not in DETECTORS:
+        raise ValueError(f"Unknown face detector {detector!r}; choose {one_of(DETECTORS)}.")
+    if landmarks not in LANDMARK_MODELS:
+        raise ValueError(f"Unknown landmark backend {landmarks!r}; choose {one_of(LANDMARK_MODELS)}.")
+    options = BackendOptions(models_dir=models_dir, insightface_dir=insightface_dir, device=device)
+    return FaceLandmarker(detector=DETECTORS[detector](options), predictor=LANDMARK_MODELS[landmarks](options))

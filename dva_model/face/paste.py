@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, get_args
 
 import numpy as np
 import torch
 
 from dva_model.face.align import warp_to_frames
 from dva_model.constants import PARSING_CLASSES, PASTE_MASK_EXCLUDED, TRAINING_MASK_EXCLUDED
+from dva_model.errors import one_of
+from dva_model.face.runs import consecutive_runs
 
 HAIR, NECK, LEFT_EAR, RIGHT_EAR = (PARSING_CLASSES.index(name) for name in ("hair", "neck", "l_ear", "r_ear"))
 ALL_CLASSES = tuple(range(len(PARSING_CLASSES)))
@@ -39,6 +41,7 @@ MASK_PRESETS: dict[str, tuple[int, ...]] = {
 }
 MaskPreset = Literal["release", "hair", "glasses", "beard", "head"]
 Composite = Literal["frame", "release"]
+COMPOSITES: tuple[str, ...] = get_args(Composite)  # first = default
 BLUR_TRUNCATE = 3.0  # Gaussian kernel radius in sigmas
 
 
@@ -66,8 +69,8 @@ class PasteConfig:
             raise ValueError(f"Mask classes must be a non-empty subset of 0..{len(ALL_CLASSES) - 1}, got {self.classes}.")
         if self.dilate < 0 or self.feather < 0 or self.temporal_sigma < 0:
             raise ValueError("dilate, feather and temporal_sigma must be 0 (off) or positive.")
-        if self.composite not in ("frame", "release"):
-            raise ValueError(f"Unknown composite {self.composite!r}; choose 'frame' or 'release'.")
+        if self.composite not in COMPOSITES:
+            raise ValueError(f"Unknown composite {self.composite!r}; choose {one_of(COMPOSITES)}.")
 
     @classmethod
     def from_preset(cls, preset: MaskPreset, **options) -> "PasteConfig":
@@ -193,15 +196,16 @@ def paste_back(
     source: Optional[torch.Tensor] = None,
     has_face: Optional[np.ndarray] = None,
     composite: Composite = "frame",
-) -> torch.Tensor:
-    """Composite edited crops into their frames.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composite edited crops into their frames; also return where they went (the paste alpha).
 
     frames: [B, H, W, 3] float in [0, 1] (the video layout). edited: [B, 3, S, S] float in [-1, 1].
     masks: [B, 1, S, S] float in [0, 1]. quads: [B, 4, 2] pixel-index quads of the crops.
     source: [B, 3, S, S] original crops in [-1, 1], needed by ``composite="release"``.
     has_face: [B] bool; frames marked False are returned untouched (their crops and quads ignored).
-    Returns [B, H, W, 3] in the frames' dtype; a pixel is changed only where the warped mask (or,
-    for "release", the warped square) is non-zero.
+    Returns (frames [B, H, W, 3] in the frames' dtype, alpha [B, H, W] float32 in [0, 1]: the warped
+    mask, or for "release" the warped square, 0 on frames without a face); a pixel is changed only
+    where alpha is non-zero.
     """
     count, height, width, _ = frames.shape
     if edited.shape[0] != count or masks.shape[0] != count or len(quads) != count:
@@ -210,9 +214,10 @@ def paste_back(
         raise ValueError("composite='release' needs the original crops (source).")
     keep = np.ones(count, dtype=bool) if has_face is None else np.asarray(has_face, dtype=bool)
     out = frames.clone()
+    coverage = torch.zeros(count, height, width, device=frames.device)
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
-        return out
+        return out, coverage
     index = torch.as_tensor(rows, device=frames.device)
     unit = (edited[index].float() + 1.0) / 2.0  # [b, 3, S, S] in [0, 1]
     mask = masks[index].float().to(unit.device)
@@ -227,4 +232,41 @@ def paste_back(
     base = frames[index].float()
     blended = (base * (1.0 - alpha) + colour).clamp(0.0, 1.0)
     out[index] = torch.where(alpha > 0, blended, base).to(frames.dtype)
-    return out
+    coverage[index] = alpha[..., 0]
+    return out, coverage
+
+
+def crop_rows(has_face: np.ndarray) -> np.ndarray:
+    """Frame position -> row of its crop: has_face [N] bool -> [N] int64 (-1 for frames without a face);
+    crops hold one row per frame with a face, in frame order."""
+    rows = np.full(len(has_face), -1)
+    rows[np.flatnonzero(has_face)] = np.arange(int(np.count_nonzero(has_face)))
+    return rows
+
+
+def paste_frames(
+    frames: torch.Tensor,
+    positions: np.ndarray,
+    rows: np.ndarray,
+    edited: torch.Tensor,
+    masks: torch.Tensor,
+    quads: np.ndarray,
+    *,
+    crops: Optional[torch.Tensor] = None,
+    composite: Composite = "frame",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste the edited crops of a clip into a chunk of its frames (on the frames' device).
+
+    frames: [n, H, W, 3] float in [0, 1], the clip's frames at ``positions`` [n]. rows: [N] crop row of
+    every frame of the clip (``crop_rows``). edited, masks, crops: [M, 3|1|3, S, S], one per frame with a
+    face (crops are the original crops, read by ``composite="release"``). quads: [N, 4, 2].
+    Returns ``paste_back``'s (frames [n, H, W, 3], alpha [n, H, W]).
+    """
+    chunk_rows = rows[positions]
+    face = chunk_rows >= 0
+    pick = torch.as_tensor(np.where(face, chunk_rows, 0))
+    device = frames.device
+    source = crops[pick].to(device) if composite == "release" else None
+    return paste_back(frames, edited[pick].to(device), masks[pick].to(device),
+                      np.where(face[:, None, None], quads[positions], 0.0), source=source, has_face=face,
+                      composite=composite)

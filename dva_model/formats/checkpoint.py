@@ -19,29 +19,38 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from dva_model.nets import face_encoder
 from dva_model.errors import ModelFileError
 from dva_model.formats.files import read_safetensors, write_safetensors
 from dva_model.model import DVAConfig, DVAModel
+from dva_model.formats.release_keys import (
+    bgnet_state_from_file, idnet_state_from_file, lightning_weights, lndnet_state_from_file, model_state_from_release,
+)
 from dva_model.formats.safe_pickle import load_pickled
 from dva_model.nets.unet import UNetConfig
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-RELEASE_EMA_PREFIX = "ema_model."
-RELEASE_TRAIN_PREFIX = "model."
-RELEASE_ENCODER_PREFIX = "encoder."
 SAFETENSORS_FORMAT = "dva-model/1"
 RELEASE_URL = "https://github.com/gmkim-ai/Diffusion-Video-Autoencoders (checkpoints/diffusion_video_autoencoder)"
 
 # Release TrainConfig fields that leave no trace in tensor shapes -> UNetConfig.from_state_dict arguments.
 _HPARAM_FIELDS = {"img_size": "image_size", "net_beatgans_attn_head": "num_heads", "dropout": "dropout"}
+# What a model file may ask for, checked before anything is built: UNetConfig field -> (type, low, high).
+# Generous around the release (256 px, width 128, 6 levels, 2 blocks, 1 head) yet far below what would
+# not fit in memory; tuples give the range of each element.
+_UNET_FIELD_LIMITS: Dict[str, Tuple[type, float, float]] = {
+    "image_size": (int, 8, 4096), "in_channels": (int, 1, 16), "out_channels": (int, 1, 16),
+    "model_channels": (int, 1, 1024), "channel_mult": (tuple, 1, 32), "num_res_blocks": (int, 1, 8),
+    "attention_resolutions": (tuple, 1, 4096), "num_heads": (int, 1, 64), "dropout": (float, 0.0, 1.0),
+    "embed_channels": (int, 1, 4096), "cond_channels": (int, 1, 4096),
+}
+_MAX_LEVELS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,8 +81,9 @@ def load_model(
             f"(from {RELEASE_URL}) or a converted .safetensors there."
         )
     state, config = read_model_state(path)
+    _check_layout(_expected_layout(config), state, path)  # before the real model is allocated
     model = DVAModel(config=DVAConfig(unet=config))
-    _load_strict(model, state, path)
+    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in state.items()}, strict=True)
     if encoder_files is not None:
         load_encoder_files(model, encoder_files)
     model.eval().requires_grad_(False)
@@ -91,49 +101,12 @@ def read_model_state(path: Path) -> "tuple[Dict[str, Tensor], UNetConfig]":
         raise ModelFileError(f"{path} holds a {type(checkpoint).__name__}, not a DVA checkpoint dictionary.")
     hparams = checkpoint.get("hyper_parameters")
     if "state_dict" in checkpoint:
-        release = _lightning_weights(checkpoint["state_dict"], path)
+        release = lightning_weights(checkpoint["state_dict"], path)
     else:
         release = dict(checkpoint)
     state = model_state_from_release(release, path)
     config = _unet_config(state, hparams, path)
     return state, config
-
-
-def _lightning_weights(state_dict: Mapping[str, Any], path: Path) -> Dict[str, Tensor]:
-    """The EMA weights of a Lightning checkpoint, unprefixed."""
-    ema = {k[len(RELEASE_EMA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(RELEASE_EMA_PREFIX)}
-    if ema:
-        return ema
-    trained = {k[len(RELEASE_TRAIN_PREFIX):]: v for k, v in state_dict.items() if k.startswith(RELEASE_TRAIN_PREFIX)}
-    if trained:
-        log.warning("%s has no ema_model.* weights; using the raw model.* weights instead.", path)
-        return trained
-    raise ModelFileError(
-        f"{path} is a Lightning checkpoint without ema_model.* or model.* weights "
-        f"(first keys: {', '.join(list(state_dict)[:3])}); is it the classifier checkpoint?"
-    )
-
-
-def model_state_from_release(release: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
-    """Map the release's keys onto ``DVAModel``'s: ``encoder.*`` via the face encoder, the rest under ``unet.``."""
-    unet, encoder = {}, {}
-    for key, value in release.items():
-        if not isinstance(value, Tensor):
-            raise ModelFileError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
-        if key.startswith(RELEASE_ENCODER_PREFIX):
-            encoder[key[len(RELEASE_ENCODER_PREFIX):]] = value
-        else:
-            unet[key] = value
-    if not unet or not encoder:
-        missing = "UNet (input_blocks.*...)" if not unet else "face encoder (encoder.*)"
-        raise ModelFileError(f"{path} has no {missing} weights; it is not a Diffusion Video Autoencoder checkpoint.")
-    try:
-        encoder = face_encoder.encoder_state_from_release(encoder)
-    except ValueError as error:
-        raise ModelFileError(f"{path}: {error}") from error
-    state = {f"unet.{k}": v for k, v in unet.items()}
-    state.update({f"encoder.{k}": v for k, v in encoder.items()})
-    return state
 
 
 def _unet_config(state: Mapping[str, Tensor], hparams: Any, path: Path) -> UNetConfig:
@@ -145,7 +118,7 @@ def _unet_config(state: Mapping[str, Tensor], hparams: Any, path: Path) -> UNetC
     for release_name, argument in _HPARAM_FIELDS.items():
         value = conf.get(release_name) if isinstance(conf, Mapping) else getattr(conf, release_name, None)
         if value is not None:
-            given[argument] = value
+            given[argument] = _checked_field(argument, value, path, f"hyper_parameters {release_name!r}")
     try:
         return UNetConfig.from_state_dict(unet_state, **given)
     except (ValueError, KeyError) as error:
@@ -155,7 +128,15 @@ def _unet_config(state: Mapping[str, Tensor], hparams: Any, path: Path) -> UNetC
 def _read_safetensors(path: Path) -> "tuple[Dict[str, Tensor], UNetConfig]":
     state, metadata = read_safetensors(path, what="model file (convert or download it again)", error=ModelFileError)
     if metadata.get("format") == SAFETENSORS_FORMAT:
-        return state, UNetConfig(**_tuples(json.loads(metadata["unet_config"])))
+        if "unet_config" not in metadata:
+            raise ModelFileError(f"{path} has no unet_config in its metadata; convert the checkpoint again "
+                                 "with `python -m dva_model convert`.")
+        try:
+            fields = json.loads(metadata["unet_config"])
+        except json.JSONDecodeError as error:
+            raise ModelFileError(f"{path}: its unet_config metadata is not valid JSON ({error}); convert the "
+                                 "checkpoint again with `python -m dva_model convert`.") from error
+        return state, unet_config_from_fields(fields, path)
     if any(k.startswith("encoder.idnet.") for k in state):  # release layout saved as safetensors
         state = model_state_from_release(state, path)
         return state, _unet_config(state, None, path)
@@ -165,12 +146,47 @@ def _read_safetensors(path: Path) -> "tuple[Dict[str, Tensor], UNetConfig]":
     )
 
 
-def _tuples(fields: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+def unet_config_from_fields(fields: Any, path: Path) -> UNetConfig:
+    """A UNetConfig from the JSON fields of a model file, every field checked against ``_UNET_FIELD_LIMITS``."""
+    if not isinstance(fields, dict):
+        raise ModelFileError(f"{path}: its unet_config metadata is a {type(fields).__name__}, not an object of fields.")
+    unknown = sorted(set(fields) - set(_UNET_FIELD_LIMITS))
+    missing = sorted(set(_UNET_FIELD_LIMITS) - set(fields))
+    if unknown or missing:
+        problem = f"unknown fields {', '.join(unknown)}" if unknown else f"missing fields {', '.join(missing)}"
+        raise ModelFileError(f"{path}: its unet_config metadata has {problem}; convert the checkpoint again.")
+    checked = {name: _checked_field(name, value, path, f"unet_config {name!r}") for name, value in fields.items()}
+    try:
+        return UNetConfig(**checked)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: its unet_config metadata is inconsistent ({error})") from error
 
 
-def _load_strict(model: DVAModel, state: Mapping[str, Tensor], path: Path) -> None:
-    expected = model.state_dict()
+def _checked_field(name: str, value: Any, path: Path, where: str) -> Any:
+    """``value`` of UNetConfig field ``name`` if its type and range are within ``_UNET_FIELD_LIMITS``."""
+    kind, low, high = _UNET_FIELD_LIMITS[name]
+    if kind is tuple:
+        items = value if isinstance(value, (list, tuple)) else None
+        ok = items is not None and len(items) <= _MAX_LEVELS and (name != "channel_mult" or items)
+        ok = ok and all(type(item) is int and low <= item <= high for item in items)
+        if not ok:
+            raise ModelFileError(f"{path}: {where} must be a list of at most {_MAX_LEVELS} whole numbers from "
+                                 f"{low} to {high}, not {value!r:.80}.")
+        return tuple(items)
+    number = type(value) is int or (kind is float and type(value) is float)
+    if not number or not low <= value <= high or (kind is float and value == high):
+        shown = "a whole number" if kind is int else "a number"
+        raise ModelFileError(f"{path}: {where} must be {shown} from {low} to {high}, not {value!r:.80}.")
+    return kind(value)
+
+
+def _expected_layout(config: UNetConfig) -> Dict[str, Tensor]:
+    """The state dict (shapes only, nothing allocated) of a DVAModel with this UNet."""
+    with torch.device("meta"):
+        return DVAModel(config=DVAConfig(unet=config)).state_dict()
+
+
+def _check_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], path: Path) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
@@ -184,16 +200,15 @@ def _load_strict(model: DVAModel, state: Mapping[str, Tensor], path: Path) -> No
         if wrong:
             problems.append(f"{len(wrong)} wrong shapes (e.g. {'; '.join(wrong[:2])})")
         raise ModelFileError(f"{path} does not match the DVA model layout: {'; '.join(problems)}.")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def load_encoder_files(model: DVAModel, files: EncoderFiles) -> None:
     """Load the released stand-alone encoder files (those given) over ``model``'s encoders, in place."""
     targets = (
-        (files.identity, model.encoder.idnet, face_encoder.idnet_state_from_file, "model_ir_se50.pth"),
-        (files.landmarks, model.encoder.lndnet, face_encoder.lndnet_state_from_file,
+        (files.identity, model.encoder.idnet, idnet_state_from_file, "model_ir_se50.pth"),
+        (files.landmarks, model.encoder.lndnet, lndnet_state_from_file,
          "mobilenet_224_model_best_gdconv_external.pth.tar"),
-        (files.parser, model.encoder.bgnet, face_encoder.bgnet_state_from_file, "79999_iter.pth"),
+        (files.parser, model.encoder.bgnet, bgnet_state_from_file, "79999_iter.pth"),
     )
     for file, module, convert, release_name in targets:
         if file is None:
@@ -201,7 +216,7 @@ def load_encoder_files(model: DVAModel, files: EncoderFiles) -> None:
         raw = load_pickled(Path(file), what=f"The encoder file ({release_name})")
         try:
             module.load_state_dict(convert(raw), strict=True)
-        except (ValueError, RuntimeError) as error:
+        except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as error:
             raise ModelFileError(f"{file} is not the released {release_name} ({error}).") from error
 
 
@@ -212,12 +227,3 @@ def save_model(path: PathLike, model: DVAModel, *, dtype: Optional[torch.dtype] 
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "unet_config": json.dumps(dataclasses.asdict(model.config.unet))}
     return write_safetensors(path, state, metadata)
-
-
-def release_state_from_model(model: DVAModel) -> Dict[str, Tensor]:
-    """The inverse mapping: ``model``'s weights in the release's key layout (for tests and exports)."""
-    state = model.state_dict()
-    release = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    release.update({f"encoder.{k}": v for k, v in face_encoder.release_state_from_encoder(encoder).items()})
-    return release

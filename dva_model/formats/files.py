@@ -1,7 +1,9 @@
-"""Writing files safely and reading .safetensors files with one-sentence errors."""
+"""Writing files safely, reading .safetensors files with one-sentence errors, and file fingerprints."""
 
+import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple, Type, Union
 
@@ -10,6 +12,7 @@ from torch import Tensor
 from dva_model.errors import UserError
 
 PathLike = Union[str, os.PathLike]
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # the safetensors library's own limit on the JSON header
 
 
 def _default_file_mode() -> int:
@@ -57,10 +60,71 @@ def read_safetensors(
     """
     from safetensors import SafetensorError, safe_open
 
+    _check_safetensors_header(Path(path), what, error)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}
             tensors = {key: file.get_tensor(key) for key in file.keys()}
-    except (SafetensorError, OSError, ValueError) as caught:
+    except (SafetensorError, OSError, ValueError, TypeError) as caught:
         raise error(f"{path} is not a readable .safetensors {what} ({caught}).") from caught
     return tensors, metadata
+
+
+def _check_safetensors_header(path: Path, what: str, error: Type[UserError]) -> None:
+    """The header's claims against the file before anything is read: its own length and the tensor bytes.
+
+    (The safetensors library checks every offset as well; this gives the one-sentence error first.)
+    """
+    def refuse(reason: str) -> UserError:
+        return error(f"{path} is not a readable .safetensors {what} ({reason}).")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            if size < 8 or length > min(size - 8, MAX_SAFETENSORS_HEADER):
+                raise refuse(f"its header claims {length:,} bytes of a {size:,}-byte file")
+            header = json.loads(file.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as caught:
+        raise refuse(f"its header is not readable JSON: {caught}") from caught
+    if not isinstance(header, dict):
+        raise refuse("its header is not a JSON object")
+    claimed = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise refuse(f"tensor {name!r} has no valid data_offsets")
+        claimed += offsets[1] - offsets[0]
+    if claimed > size - 8 - length:
+        raise refuse(f"its tensors claim {claimed:,} bytes but the file holds {size - 8 - length:,}")
+
+
+@dataclass(frozen=True)
+class FileFingerprint:
+    """Who a file is, cheaply (no hashing): the name it was opened by, its resolved path, size and mtime.
+
+    ``model_id`` ("name:size") is what latents record to catch a model mix-up (stable across copies);
+    ``str()`` adds the path and modification time, for caches and change detection.
+    """
+
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def model_id(self) -> str:
+        """"name:size", the model identity stored in latent files (format ``dva-latent/1``)."""
+        return f"{self.name}:{self.size}"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.size}:{self.mtime_ns}"
+
+
+def file_fingerprint(path: PathLike) -> FileFingerprint:
+    """The fingerprint of the existing file ``path`` (one ``stat``)."""
+    path = Path(path)
+    stat = path.stat()
+    return FileFingerprint(name=path.name, path=str(path.resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns)

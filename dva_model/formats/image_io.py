@@ -1,7 +1,7 @@
-"""Folders of aligned face crops as image files <-> tensors in [-1, 1]."""
+"""Folders of aligned face crops as image files <-> tensors in [-1, 1], and float pixels -> uint8."""
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ from torch import Tensor
 from dva_model.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_UINT8 = 255.0
 
 
 def list_images(folder: Path) -> List[Path]:
@@ -46,10 +47,26 @@ def read_crops(folder: Path, *, size: int) -> Tuple[List[str], Tensor]:
     return names, torch.stack(images) / 127.5 - 1.0
 
 
-def to_uint8(crops: Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8, rounding as torchvision's save_image does."""
-    pixels = ((crops.detach().float().cpu() + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).numpy()
+def to_uint8(images: Union[Tensor, np.ndarray], *, value_range: Tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Float pixels in ``value_range`` (torch or numpy, any layout) -> uint8 numpy of the same shape.
+
+    v = (x - low) / (high - low) * 255, rounded half up and clamped to 0..255, as torchvision's
+    save_image writes PNGs (and so the release's crops). uint8 input is returned as it is.
+    """
+    if isinstance(images, np.ndarray):
+        if images.dtype == np.uint8:
+            return images
+        images = torch.from_numpy(images)
+    if images.dtype == torch.uint8:
+        return images.cpu().numpy()
+    low, high = value_range
+    unit = (images.detach().float().cpu() - low) / (high - low)
+    return unit.mul(MAX_UINT8).add(0.5).clamp(0, MAX_UINT8).to(torch.uint8).numpy()
+
+
+def crops_to_uint8(crops: Tensor) -> np.ndarray:
+    """Model crops [N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8 (``to_uint8``)."""
+    return to_uint8(crops.permute(0, 2, 3, 1), value_range=(-1.0, 1.0))
 
 
 def write_crops(folder: Path, names: Sequence[str], crops: Tensor) -> List[Path]:
@@ -63,7 +80,7 @@ def write_crops(folder: Path, names: Sequence[str], crops: Tensor) -> List[Path]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, pixels in zip(names, to_uint8(crops)):
+    for name, pixels in zip(names, crops_to_uint8(crops)):
         path = folder / f"{name}.png"
         write_atomically(path, lambda tmp, pixels=pixels: Image.fromarray(pixels).save(tmp, format="PNG"))
         paths.append(path)

@@ -338,6 +338,8 @@ def _read_header(fd: int, path: Path) -> Tuple[Dict[str, _Slot], Dict[str, str]]
     try:
         int(metadata["steps"])
         names = json.loads(metadata.get("frame_names", "[]"))
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError("frame_names is not a list of names")
         for name in ("identity",) + ROW_TENSORS:
             if name not in header:
                 if name == "crops":

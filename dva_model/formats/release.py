@@ -148,11 +148,9 @@ def _verify_classifier(path: Path) -> None:
 
 
 def _verify_latent_stats(path: Path) -> None:
-    from dva_model.formats.safe_pickle import load_pickled
+    from dva_model.edit.classifier import load_identity_statistics
 
-    stats = load_pickled(path, what="The identity statistics (latent.pkl)")
-    if not isinstance(stats, dict) or not {"conds_mean", "conds_std"} <= stats.keys():
-        raise ModelFileError(f"{path.name} holds no conds_mean / conds_std.")
+    load_identity_statistics(path)
 
 
 _VERIFIERS = {CLASSIFIER.name: _verify_classifier, LATENT_STATS.name: _verify_latent_stats}
@@ -160,7 +158,7 @@ _VERIFIERS = {CLASSIFIER.name: _verify_classifier, LATENT_STATS.name: _verify_la
 
 def _fetch_clip() -> Dict[str, dict]:
     """OpenAI's CLIP ViT-B/16 through open_clip's own download, into open_clip's cache."""
-    from dva_model.edit.clip_loss import CLIP_MANIFEST_KEY, download_clip_weights, find_cached_clip_weights
+    from dva_model.formats.clip_weights import CLIP_MANIFEST_KEY, download_clip_weights, find_cached_clip_weights
 
     path = find_cached_clip_weights()
     source = "already present"

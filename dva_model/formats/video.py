@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dva_model.errors import UserError
+from dva_model.formats.image_io import MAX_UINT8, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ RGB_CHANNELS = 3
 DEFAULT_CHUNK_FRAMES = 16
 DEFAULT_CRF = 18  # visually lossless for x264
 AAC_BITRATE = 192_000
-MAX_UINT8 = 255.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,17 +241,6 @@ def read_frames(
     return torch.cat(chunks), info
 
 
-def to_uint8(frames: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
-    """``[n, H, W, 3]`` float in [0, 1] (or uint8) -> uint8 numpy, rounding to nearest."""
-    if isinstance(frames, torch.Tensor):
-        if frames.dtype == torch.uint8:
-            return frames.cpu().numpy()
-        return (frames.detach().float().cpu() * MAX_UINT8).round().clamp(0, MAX_UINT8).to(torch.uint8).numpy()
-    if frames.dtype == np.uint8:
-        return frames
-    return np.clip(np.rint(frames.astype(np.float32) * MAX_UINT8), 0, MAX_UINT8).astype(np.uint8)
-
-
 def _partial_path(path: Path) -> Path:
     """A hidden temporary name beside ``path`` with the same suffix (the muxer is chosen explicitly)."""
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
@@ -457,8 +446,9 @@ def _copy_audio(output, stream, container, audio, window: Optional[tuple[float, 
         output.mux(packet)
 
 
-def _encode_audio(output, stream, container, audio, window: Optional[tuple[float, float]]) -> None:
-    """Decode the audio inside ``window`` and encode it as AAC at the source sample rate."""
+def _decoded_audio(container, audio, window: Optional[tuple[float, float]] = None):
+    """Decoded frames of the audio stream ``audio`` whose time lies inside ``window`` seconds (all when
+    None), as planar float32 ("fltp") at the source's sample rate and channel layout."""
     import av
 
     rate = audio.codec_context.sample_rate
@@ -466,10 +456,34 @@ def _encode_audio(output, stream, container, audio, window: Optional[tuple[float
     for frame in container.decode(audio):
         if window is not None and frame.time is not None and not window[0] <= frame.time < window[1]:
             continue
-        for converted in resampler.resample(frame):
-            converted.pts = None
-            output.mux(stream.encode(converted))
+        yield from resampler.resample(frame)
+
+
+def _encode_audio(output, stream, container, audio, window: Optional[tuple[float, float]]) -> None:
+    """Decode the audio inside ``window`` and encode it as AAC at the source sample rate."""
+    for converted in _decoded_audio(container, audio, window):
+        converted.pts = None
+        output.mux(stream.encode(converted))
     output.mux(stream.encode(None))
+
+
+def read_audio(path: PathLike, window: tuple[float, float]) -> tuple[torch.Tensor, int]:
+    """The first audio track of ``path`` cut to ``window`` seconds (start, stop), sample-exact.
+
+    Returns (waveform [channels, samples] float32 in [-1, 1], sample rate); raises ``UserError`` when
+    the file has no audio track.
+    """
+    import av
+
+    start, stop = window
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise UserError(f"{path} has no audio track.")
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        chunks = [frame.to_ndarray() for frame in _decoded_audio(container, stream)]  # each [channels, samples]
+    waveform = torch.from_numpy(np.concatenate(chunks, axis=1)) if chunks else torch.zeros(1, 0)
+    return waveform[:, int(round(start * rate)): int(round(stop * rate))], rate
 
 
 def audio_window(info: VideoInfo, indices: Sequence[int]) -> tuple[float, float]:

@@ -2,13 +2,9 @@
 
 ``FaceEncoder`` bundles ArcFace (``idnet``), the landmark regressor (``lndnet``), the face parser
 (``bgnet``) and the only trainable part, ``linear``: z_face = Linear([z_id ; z_lnd]). Its state-dict
-keys are the release's ``encoder.*`` keys without ``encoder.``, except the landmark net (see
-``landmark_net``). This file also maps the release's key layouts (the DVA checkpoint and the three
-separately released weight files) onto this module.
+keys are the release's ``encoder.*`` keys without ``encoder.``, except the landmark net; the release's
+key layouts are mapped onto this module by ``dva_model.formats.release_keys``.
 """
-
-import functools
-from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +13,7 @@ from torch import Tensor, nn
 from .arcface import IdentityEncoder
 from .bisenet import FaceParser
 from dva_model.constants import CROP_SIZE, FACE_COND_DIM, ID_DIM, LANDMARK_DIM
-from .landmark_net import LandmarkEncoder, landmark_state_from_release, landmark_state_to_release
-
-_LANDMARK_RELEASE_PREFIX = "lndnet.backbone."
-_MODULE_PREFIX = "module."  # nn.DataParallel's prefix in the landmark net's training checkpoint
-_BN_COUNTER = "num_batches_tracked"
+from .landmark_net import LandmarkEncoder
 
 
 class FaceEncoder(nn.Module):
@@ -68,125 +60,3 @@ class FaceEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Per-frame z_face as in training: x [B, 3, 256, 256] in [-1, 1] -> z_face [B, 512]."""
         return self.face_condition(self.encode_identity(x), self.encode_landmarks(x))
-
-
-@functools.cache
-def _encoder_shapes() -> dict[str, tuple[int, ...]]:
-    """Key -> shape of ``FaceEncoder``'s state dict (built once, on the meta device: no memory, no init)."""
-    with torch.device("meta"):
-        encoder = FaceEncoder()
-    return {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
-
-
-def _expected_shapes(module: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of ``FaceEncoder`` (module "") or of one of its submodules (keys relative to it)."""
-    prefix = f"{module}." if module else ""
-    return {k[len(prefix):]: v for k, v in _encoder_shapes().items() if k.startswith(prefix)}
-
-
-def _check_state(sd: Mapping[str, Tensor], module: str, source: str) -> dict[str, Tensor]:
-    """Return ``sd`` as a dict after checking that its keys and shapes are exactly ``module``'s."""
-    expected = _expected_shapes(module)
-    what = f"FaceEncoder.{module}" if module else "FaceEncoder"
-    not_tensors = sorted(k for k, v in sd.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise ValueError(f"{source} holds non-tensor entries at {not_tensors[:8]}; expected only weight tensors.")
-    missing = sorted(expected.keys() - sd.keys())
-    unexpected = sorted(sd.keys() - expected.keys())
-    if missing or unexpected:
-        raise ValueError(f"{source} does not fit {what}: missing keys {missing[:8]} ({len(missing)} in all), "
-                         f"unexpected keys {unexpected[:8]} ({len(unexpected)} in all); check that the file is "
-                         "the released one.")
-    wrong = [f"{k}: {tuple(sd[k].shape)} != {expected[k]}" for k in expected if tuple(sd[k].shape) != expected[k]]
-    if wrong:
-        raise ValueError(f"{source} has tensors of the wrong shape for {what}: {wrong[:8]} ({len(wrong)} in all); "
-                         "check that the file is the released one.")
-    return dict(sd)
-
-
-def _fill_bn_counters(sd: dict[str, Tensor], module: str) -> dict[str, Tensor]:
-    """Add BatchNorm ``num_batches_tracked`` counters (0) that files saved by old PyTorch lack (unused here)."""
-    for key in _expected_shapes(module):
-        if key.endswith(_BN_COUNTER):
-            sd.setdefault(key, torch.zeros((), dtype=torch.long))
-    return sd
-
-
-def _split_landmarks(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(``lndnet.backbone.*`` entries with that prefix removed, all other entries)."""
-    landmark = {k[len(_LANDMARK_RELEASE_PREFIX):]: v for k, v in sd.items() if k.startswith(_LANDMARK_RELEASE_PREFIX)}
-    return landmark, {k: v for k, v in sd.items() if not k.startswith(_LANDMARK_RELEASE_PREFIX)}
-
-
-def encoder_state_from_release(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map the release's ``encoder.*`` tensors (prefix already stripped) onto ``FaceEncoder`` keys.
-
-    ``idnet.*``, ``bgnet.*`` and ``linear.*`` keep their names. ``lndnet.backbone.*`` is remapped by
-    ``landmark_state_from_release``: ``pretrain_net.features.*`` -> ``features.*``, the alias
-    ``base_net.0.*`` is checked equal and dropped, the unused ``pretrain_net.classifier.*`` is dropped.
-    Raises ValueError naming any missing, unexpected or wrongly shaped key. Tensors are not copied.
-    """
-    landmark, out = _split_landmarks(sd)
-    landmark = landmark_state_from_release(landmark, key_prefix=_LANDMARK_RELEASE_PREFIX)
-    out.update({_LANDMARK_RELEASE_PREFIX + k: v for k, v in landmark.items()})
-    return _check_state(out, "", "The checkpoint's encoder.* state")
-
-
-def release_state_from_encoder(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of ``encoder_state_from_release``: ``FaceEncoder`` keys -> the release's ``encoder.*`` keys
-    (without ``encoder.``), i.e. all 1,228 keys of official-keys.tsv; see ``landmark_state_to_release``."""
-    landmark, out = _split_landmarks(_check_state(sd, "", "The FaceEncoder state"))
-    out.update({_LANDMARK_RELEASE_PREFIX + k: v for k, v in landmark_state_to_release(landmark).items()})
-    return out
-
-
-def idnet_state_from_file(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map model_ir_se50.pth (raw IR-SE50 keys ``input_layer.*``, ``body.*``, ``output_layer.*``) onto
-    ``FaceEncoder.idnet`` keys (``backbone.*``). Missing BatchNorm counters are filled with 0."""
-    out = _fill_bn_counters({"backbone." + k: v for k, v in sd.items()}, "idnet")
-    return _check_state(out, "idnet", "model_ir_se50.pth")
-
-
-def lndnet_state_from_file(sd: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Map mobilenet_224_model_best_gdconv_external.pth.tar onto ``FaceEncoder.lndnet`` keys (``backbone.*``).
-
-    ``sd`` is the loaded file: a dict whose ``"state_dict"`` holds ``module.``-prefixed keys of the
-    release's MobileNet_GDConv (``pretrain_net.*`` and its alias ``base_net.0.*``, ``linear7.*``,
-    ``linear1.*``); other entries of the file (epoch, optimiser...) are ignored. A bare state dict is
-    accepted too, and so are keys without the ``module.`` prefix (the release would ignore them).
-    """
-    inner = sd["state_dict"] if "state_dict" in sd else sd
-    stripped = {k.removeprefix(_MODULE_PREFIX): v for k, v in inner.items()}
-    landmark = landmark_state_from_release(stripped, key_prefix=_MODULE_PREFIX)
-    out = _fill_bn_counters({"backbone." + k: v for k, v in landmark.items()}, "lndnet")
-    return _check_state(out, "lndnet", "mobilenet_224_model_best_gdconv_external.pth.tar")
-
-
-def bgnet_state_from_file(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map 79999_iter.pth (raw BiSeNet keys ``cp.*``, ``ffm.*``, ``conv_out*.*``) onto ``FaceEncoder.bgnet``
-    keys (``backbone.*``). Missing BatchNorm counters are filled with 0."""
-    out = _fill_bn_counters({"backbone." + k: v for k, v in sd.items()}, "bgnet")
-    return _check_state(out, "bgnet", "79999_iter.pth")
-
-
-def _strip_backbone(sd: Mapping[str, Tensor], module: str, source: str) -> dict[str, Tensor]:
-    """Check ``sd`` against ``FaceEncoder.<module>`` and return it with ``backbone.`` removed from its keys."""
-    sd = _check_state(sd, module, f"The FaceEncoder.{module} state for {source}")
-    return {k[len("backbone."):]: v for k, v in sd.items()}
-
-
-def idnet_file_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of ``idnet_state_from_file``: ``FaceEncoder.idnet`` state -> model_ir_se50.pth's content."""
-    return _strip_backbone(sd, "idnet", "model_ir_se50.pth")
-
-
-def lndnet_file_state(sd: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Inverse of ``lndnet_state_from_file``: ``FaceEncoder.lndnet`` state -> the content of
-    mobilenet_224_model_best_gdconv_external.pth.tar (``{"state_dict": {"module.<release key>": ...}}``)."""
-    release = landmark_state_to_release(_strip_backbone(sd, "lndnet", "the landmark-net file"))
-    return {"state_dict": {_MODULE_PREFIX + k: v for k, v in release.items()}}
-
-
-def bgnet_file_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of ``bgnet_state_from_file``: ``FaceEncoder.bgnet`` state -> 79999_iter.pth's content."""
-    return _strip_backbone(sd, "bgnet", "79999_iter.pth")

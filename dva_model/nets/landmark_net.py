@@ -8,10 +8,10 @@ global depthwise 7x7 convolution (``linear7``) and a 1x1 convolution to 136 = 68
 Our state-dict layout (``MobileNetV2GDConv``): ``features.*``, ``linear7.{conv,bn}.*``,
 ``linear1.{conv,bn}.*``. The release stores the features twice, as ``pretrain_net.features.*`` and
 ``base_net.0.*`` (one module under two names), plus an unused ImageNet head
-``pretrain_net.classifier.*``; ``landmark_state_from_release`` maps that layout onto ours.
+``pretrain_net.classifier.*``; ``dva_model.formats.release_keys`` maps that layout onto ours.
 """
 
-from typing import Final, Mapping
+from typing import Final
 
 import torch
 from torch import Tensor, nn
@@ -33,13 +33,6 @@ MOBILENET_V2_SETTINGS: Final = (
     (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
 )
 GDCONV_KERNEL: Final = LANDMARK_INPUT_SIZE // 32  # 7: the feature map is 7 x 7 at 224 input
-
-# Release key prefixes of the landmark net (relative to its MobileNet_GDConv module).
-_RELEASE_FEATURES: Final = "pretrain_net.features."
-_RELEASE_ALIAS: Final = "base_net.0."
-_RELEASE_UNUSED_HEAD: Final = "pretrain_net.classifier."
-_RELEASE_HEAD_PREFIXES: Final = ("linear7.", "linear1.")
-_IMAGENET_CLASSES: Final = 1000  # size of the unused torchvision classifier head (index 1 of a Sequential)
 
 
 def _conv_bn_relu6(in_channels: int, out_channels: int, kernel: int, stride: int = 1,
@@ -143,63 +136,3 @@ class LandmarkEncoder(nn.Module):
         x = ((x + 1) / 2 - self.mean) / self.std
         points = self.backbone(x).clamp(0, 1).reshape(-1, LANDMARK_POINTS, 2)  # [B, 68, 2]
         return points[:, JAW_POINTS:].reshape(-1, LANDMARK_DIM)  # [B, 102]
-
-
-def landmark_state_from_release(sd: Mapping[str, Tensor], *, key_prefix: str = "") -> dict[str, Tensor]:
-    """Map the release's MobileNet_GDConv keys onto ``MobileNetV2GDConv`` keys.
-
-    ``sd`` holds keys relative to the release module: ``pretrain_net.features.*`` and/or its alias
-    ``base_net.0.*`` (when both are present they must be equal), ``pretrain_net.classifier.*`` (unused
-    ImageNet head, dropped) and ``linear7.*`` / ``linear1.*``. Returns ``features.*``, ``linear7.*``,
-    ``linear1.*``. Raises ValueError for a key outside that layout or for aliases that differ.
-    Completeness and shapes are checked by the caller against the module. ``key_prefix`` is what the
-    keys were called in the caller's file, for error messages only.
-    """
-    out: dict[str, Tensor] = {}
-    aliases: dict[str, Tensor] = {}
-    unknown = []
-    for key, value in sd.items():
-        if key.startswith(_RELEASE_FEATURES):
-            out["features." + key[len(_RELEASE_FEATURES):]] = value
-        elif key.startswith(_RELEASE_ALIAS):
-            aliases["features." + key[len(_RELEASE_ALIAS):]] = value
-        elif key.startswith(_RELEASE_HEAD_PREFIXES):
-            out[key] = value
-        elif not key.startswith(_RELEASE_UNUSED_HEAD):
-            unknown.append(key)
-    if unknown:
-        named = [key_prefix + k for k in sorted(unknown)[:8]]
-        raise ValueError(f"Unexpected landmark-net keys {named} (of {len(unknown)}); expected "
-                         f"{_RELEASE_FEATURES}*, {_RELEASE_ALIAS}*, {_RELEASE_UNUSED_HEAD}*, linear7.*, "
-                         "linear1.*: is this the mobilenet_224_model_best_gdconv_external checkpoint?")
-    differing = [k for k, v in aliases.items() if k in out and not torch.equal(out[k], v)]
-    if differing:
-        named = [key_prefix + _RELEASE_ALIAS + k[len("features."):] for k in sorted(differing)[:8]]
-        raise ValueError(f"The landmark net's {_RELEASE_FEATURES}* and {_RELEASE_ALIAS}* copies differ at "
-                         f"{named} (of {len(differing)}); they must hold the same tensors, "
-                         "so the checkpoint is corrupt or was edited.")
-    for key, value in aliases.items():
-        out.setdefault(key, value)
-    return out
-
-
-def landmark_state_to_release(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of ``landmark_state_from_release``: ``MobileNetV2GDConv`` keys -> the release's layout.
-
-    ``features.*`` appears twice, as ``pretrain_net.features.*`` and ``base_net.0.*`` (the same tensor
-    objects, as in the release, where one module has two names); the unused ImageNet head
-    ``pretrain_net.classifier.1.{weight,bias}`` is filled with zeros so the result loads strictly into
-    the release's MobileNet_GDConv.
-    """
-    out: dict[str, Tensor] = {}
-    for key, value in sd.items():
-        if key.startswith("features."):
-            rest = key[len("features."):]
-            out[_RELEASE_FEATURES + rest] = value
-            out[_RELEASE_ALIAS + rest] = value
-        else:
-            out[key] = value
-    like = sd["linear1.conv.weight"]
-    out[_RELEASE_UNUSED_HEAD + "1.weight"] = like.new_zeros(_IMAGENET_CLASSES, MOBILENET_LAST_CHANNELS)
-    out[_RELEASE_UNUSED_HEAD + "1.bias"] = like.new_zeros(_IMAGENET_CLASSES)
-    return out

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from dva_model.face.align import AlignConfig
 from dva_model.errors import NoFaceError, UserError
 from dva_model.formats.image_io import IMAGE_SUFFIXES
-from dva_model.face.landmarks import TrackConfig
+from dva_model.face.tracking import TrackConfig
 from dva_model.progress import ProgressCallback, report
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from dva_model.nets.bisenet import foreground_mask
 from dva_model.formats.files import write_atomically
-from dva_model.constants import TRAINING_MASK_EXCLUDED
+from dva_model.formats.safe_pickle import load_pickled
+from dva_model.constants import PRECISIONS, TRAINING_MASK_EXCLUDED, Precision
 from dva_model.errors import UserError
 from dva_model.nets.face_encoder import FaceEncoder
 from dva_model.model import DVAModel
@@ -41,8 +42,7 @@ from dva_model.train.loss import LossTerms, draw_noise, dva_loss
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "bf16"]
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+AUTOCAST_DTYPES = {name: dtype for name, dtype in PRECISIONS.items() if name != "fp32"}  # fp32 runs without autocast
 TRAIN_STATE_FORMAT = "dva-train-state/1"
 TRAINABLE_PREFIXES = ("unet.", "encoder.linear.")  # everything else (ArcFace, landmark net, parser) is frozen
 RATE_WINDOW = 20  # steps averaged for frames/s and the ETA
@@ -341,7 +341,7 @@ def load_training_state(path: Path) -> Dict[str, Any]:
         raise FileNotFoundError(
             f"No training state at {path}; start without --resume or point --out at the run folder."
         )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which file and why
-        raise UserError(f"{path} is not a readable DVA training state ({error}).") from error
+    state = load_pickled(path, what="The training state")
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a DVA training state.")
+    return state

@@ -1,6 +1,6 @@
 """Run OUR CLI on the inputs of make_reference.py and compare its results with the reference's.
 
-    .venv/bin/python tools/parity/compare.py --reference-out /tmp/dva-parity
+    .venv/bin/python tools/parity/compare.py --reference-out OUT
 
 Runs, with the random Lightning checkpoint and classifier that make_reference.py wrote:
     python -m dva_model encode --checkpoint CKPT --aligned OUT/aligned --steps S --out LATENT

@@ -1,6 +1,6 @@
 """Stage-by-stage parity: each of our modules against the reference's, on the same inputs, in one process.
 
-    .venv/bin/python tools/parity/compare_units.py --reference /work/ref --reference-out /tmp/dva-parity
+    .venv/bin/python tools/parity/compare_units.py --reference REF --reference-out OUT
 
 Where compare.py says *whether* the CLI matches, this says *where* it does not. Both sides load the same
 random Lightning checkpoint (the reference through ``LitModel.load_state_dict``, ours through

