@@ -39,3 +39,9 @@ CELEBA_ATTRIBUTES: Final = (
     "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
     "Wearing_Necktie", "Young",
 )
+
+# The "format" metadata of the pack's own .safetensors files.
+DVA_MODEL_FORMAT: Final = "dva-model/1"  # a DVAModel state dict (formats.checkpoint.save_model)
+DIRECTIONS_FORMAT: Final = "dva-directions/1"  # attribute directions (edit.classifier.save_directions)
+LATENT_FORMAT: Final = "dva-latent/1"  # a clip's encoding (formats.latent_io.save_latent)
+DELTA_FORMAT: Final = "dva-identity-delta/1"  # a learnt CLIP edit (edit.clip_edit.save_delta)

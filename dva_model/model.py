@@ -53,6 +53,17 @@ class _StepCounter:
         report(self.callback, self.done, self.total)
 
 
+def _calls_per_chunk(timesteps, *, inversion: bool) -> int:
+    """UNet calls of one sampler run: inversion takes S - 1 steps of an S-step schedule, decoding S."""
+    return len(timesteps) - 1 if inversion else len(timesteps)
+
+
+def inversion_calls(steps: int, frames: int, batch_size: int) -> int:
+    """How many UNet calls ``DVAModel.invert`` makes for ``frames`` crops (its progress total)."""
+    chunks = -(-frames // batch_size)
+    return _calls_per_chunk(respaced_timesteps(steps), inversion=True) * chunks
+
+
 class DVAModel(nn.Module):
     """UNet + face encoders; state-dict keys ``unet.*`` and ``encoder.*`` (see docs/architecture.md)."""
 
@@ -158,8 +169,7 @@ class DVAModel(nn.Module):
         if len(z_lnd) != len(x):
             raise ValueError(f"z_lnd has {len(z_lnd)} frames but the images have {len(x)}; pass one per frame.")
         chunks = list(_batches(len(x), batch_size))
-        calls_per_chunk = len(timesteps) - 1 if sampler is ddim_invert.invert else len(timesteps)
-        counter = _StepCounter(callback, calls_per_chunk * len(chunks))
+        counter = _StepCounter(callback, _calls_per_chunk(timesteps, inversion=sampler is ddim_invert.invert) * len(chunks))
         z_id = _per_frame_identity(z_id, len(x))
         eps_model, out = self._eps_model(), []
         for chunk in chunks:
@@ -170,10 +180,18 @@ class DVAModel(nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
-    def parse(self, crops: Tensor, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
-        """BiSeNet face parsing: crops [N, 3, H, W] in [-1, 1] -> labels [N, H, W] int64 in 0..18."""
+    def parse(self, crops: Tensor, *, batch_size: int = DEFAULT_BATCH_SIZE,
+              callback: Optional[ProgressCallback] = None) -> Tensor:
+        """BiSeNet face parsing: crops [N, 3, H, W] in [-1, 1] -> labels [N, H, W] int64 in 0..18.
+
+        ``callback(done, total)`` after every batch (it may raise to cancel).
+        """
         _check_crops(crops)
-        return torch.cat([self.encoder.parse(self._encoder_input(crops[c])) for c in _batches(len(crops), batch_size)])
+        chunks, labels = list(_batches(len(crops), batch_size)), []
+        for index, chunk in enumerate(chunks):
+            labels.append(self.encoder.parse(self._encoder_input(crops[chunk])))
+            report(callback, index + 1, len(chunks))
+        return torch.cat(labels)
 
 
 def mean_identity(z_id: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from dva_model.face.landmarks import FaceLandmarker, TrackConfig
 from dva_model.face.paste import PasteConfig, build_masks
 from dva_model.formats.latent_io import LatentFile
 from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection
-from dva_model.progress import ProgressCallback
+from dva_model.progress import ProgressCallback, report
 from dva_model.stages import auto_batch_size, encode_video_to_file, invert_file, model_device, render_video
 from dva_model.tracks import AlignedClip, FaceTracks, align_in_memory, align_video, track_video
 
@@ -153,11 +153,22 @@ def edited_identity(identity: torch.Tensor, classifier, config: EditConfig) -> t
 
 
 def paste_masks(model, source: torch.Tensor, edited: torch.Tensor, frame_numbers: Sequence[int], *,
-                config: EditConfig) -> torch.Tensor:
-    """Paste masks [M, 1, S, S] from BiSeNet parsing of the source (and edited) crops, all in memory."""
+                config: EditConfig, callback: Optional[ProgressCallback] = None) -> torch.Tensor:
+    """Paste masks [M, 1, S, S] from BiSeNet parsing of the source (and edited) crops, all in memory.
+
+    ``callback(done, total)`` after every parsing batch, over both parsing passes.
+    """
     batch = config.batch_size or auto_batch_size(model_device(model), model.image_size)
-    source_labels = model.parse(source, batch_size=batch).cpu()
-    edited_labels = model.parse(edited, batch_size=batch).cpu() if config.paste.union_edited else None
+    passes = 2 if config.paste.union_edited else 1  # both passes have the same number of batches
+
+    def first(done: int, total: int) -> None:
+        report(callback, done, passes * total)
+
+    def second(done: int, total: int) -> None:
+        report(callback, total + done, passes * total)
+
+    source_labels = model.parse(source, batch_size=batch, callback=first).cpu()
+    edited_labels = model.parse(edited, batch_size=batch, callback=second).cpu() if passes == 2 else None
     return build_masks(source_labels, edited_labels, config=config.paste, frame_numbers=frame_numbers)
 
 

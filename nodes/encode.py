@@ -2,114 +2,121 @@
 
 import os
 
+from comfy_api.v0_0_2 import io
+
 from ._host import file_fingerprint, input_path, output_path, progress_callback, require_all
-from .types import FACES, LATENT, MODEL
+from .types import CATEGORY_ENCODE, Faces, Latent, Model
 
 LATENT_SUFFIX = ".safetensors"
 OUTPUT_TAG = " [output]"  # ComfyUI's annotation for a file in the output folder
+SAVE_FOLDER = "dva"  # output sub-folder the save nodes write to by default (listed by the load nodes)
 MAX_STEPS = 1000
 MAX_FRAMES_PER_CALL = 256
 REQUIRES = (("safetensors", "safetensors"),)
 
 
-class DVAEncode:
+def frames_per_call_input():
+    return io.Int.Input("frames_per_call", default=0, min=0, max=MAX_FRAMES_PER_CALL, step=1, tooltip=
+                        "Frames per UNet call; 0 sizes the batch from free GPU memory (8 on the CPU).")
+
+
+class DVAEncode(io.ComfyNode):
     """Per-frame identity and landmarks, then DDIM inversion of every crop with the clip's mean identity."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = (
-        "Encodes the aligned crops: z_id (ArcFace) and z_lnd (landmarks) per frame, the clip identity "
-        "(their mean), and x_T by deterministic DDIM inversion conditioned on it. This is the expensive "
-        "step; ComfyUI keeps its result while only edit settings change, and DVA Save Latent stores it."
-    )
-    RETURN_TYPES = (LATENT,)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The clip's encoding: per-frame z_id, z_lnd and x_T, the identity and the step count.",)
-    FUNCTION = "execute"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVAEncode", display_name="DVA Encode", category=CATEGORY_ENCODE,
+            description=(
+                "Encodes the aligned crops: z_id (ArcFace) and z_lnd (landmarks) per frame, the clip identity "
+                "(their mean), and x_T by deterministic DDIM inversion conditioned on it. This is the expensive "
+                "step; ComfyUI keeps its result while only edit settings change, and DVA Save Latent stores it."),
+            inputs=[
+                Model.Input("model", tooltip="The DVA model from DVA Model Loader."),
+                Faces.Input("faces", tooltip="Aligned crops from DVA Face Align."),
+                io.Int.Input("steps", default=100, min=2, max=MAX_STEPS, step=1, tooltip=
+                             "DDIM steps S of inversion and decoding (the release uses 1000; 100 is close and 10x "
+                             "faster). Valid: the reference's respacings, e.g. 10, 20, 50, 100, 200, 1000."),
+                frames_per_call_input(),
+            ],
+            outputs=[Latent.Output(display_name="latent", tooltip=
+                                   "The clip's encoding: per-frame z_id, z_lnd and x_T, the identity and the step count.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL, {"tooltip": "The DVA model from DVA Model Loader."}),
-            "faces": (FACES, {"tooltip": "Aligned crops from DVA Face Align."}),
-            "steps": ("INT", {"default": 100, "min": 2, "max": MAX_STEPS, "step": 1, "tooltip":
-                      "DDIM steps S of inversion and decoding (the release uses 1000; 100 is close and 10x "
-                      "faster). Valid: the reference's respacings, e.g. 10, 20, 50, 100, 200, 1000."}),
-            "frames_per_call": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES_PER_CALL, "step": 1, "tooltip":
-                                "Frames per UNet call; 0 sizes the batch from free GPU memory (8 on the CPU)."}),
-        }}
+    def execute(cls, model, faces, steps, frames_per_call) -> io.NodeOutput:
+        from dva_model.formats.latent_io import Latent as EncodedClip
+        from dva_model.model import inversion_calls, mean_identity
 
-    @classmethod
-    def execute(cls, model, faces, steps, frames_per_call):
-        from dva_model.formats.latent_io import Latent
-        from dva_model.model import mean_identity
-
-        batch, callback = model.frames_per_call(frames_per_call), progress_callback()
+        batch, bar = model.frames_per_call(frames_per_call), progress_callback()
         dva = model.acquire(frames_per_call=batch)
         if faces.config.size != dva.image_size:
             raise ValueError(f"The model works on {dva.image_size}px crops but DVA Face Align made "
                              f"{faces.config.size}px ones; set its crop_size to {dva.image_size}.")
-        z_id, z_lnd = dva.encode_features(faces.crops, batch_size=batch, callback=callback)
+        # One bar for the whole node: the feature batches, then every UNet call of the inversion.
+        chunks = -(-len(faces.crops) // batch)  # feature batches (encode_features reports one per batch)
+        total = chunks + inversion_calls(steps, len(faces.crops), batch)
+        z_id, z_lnd = dva.encode_features(faces.crops, batch_size=batch, callback=lambda done, _: bar(done, total))
         identity = mean_identity(z_id)
-        x_T = dva.invert(faces.crops, identity, z_lnd, steps=steps, batch_size=batch, callback=callback)
+        x_T = dva.invert(faces.crops, identity, z_lnd, steps=steps, batch_size=batch,
+                         callback=lambda done, _: bar(chunks + done, total))
         names = tuple(f"frame_{faces.indices[row]:06d}" for row in faces.face_rows)
-        return (Latent(z_id=z_id.cpu(), z_lnd=z_lnd.cpu(), x_T=x_T.cpu(), identity=identity.cpu(), steps=steps,
-                       model_id=model.model_id, frame_names=names),)
+        return io.NodeOutput(EncodedClip(z_id=z_id.cpu(), z_lnd=z_lnd.cpu(), x_T=x_T.cpu(), identity=identity.cpu(),
+                                         steps=steps, model_id=model.model_id, frame_names=names))
 
 
-class DVASaveLatent:
+class DVASaveLatent(io.ComfyNode):
     """Writes an encoding to ComfyUI's output folder (safetensors) so a clip can be re-edited later."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Saves an encoding (z_id, z_lnd, x_T, identity, steps, model) as .safetensors in the "
-                   "output folder; DVA Load Latent reads it back and skips the inversion.")
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "latent": (LATENT, {"tooltip": "The encoding to save."}),
-            "filename_prefix": ("STRING", {"default": "dva/latent", "tooltip":
-                                "File name prefix inside the output folder (may contain sub-folders)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVASaveLatent", display_name="DVA Save Latent", category=CATEGORY_ENCODE,
+            description=("Saves an encoding (z_id, z_lnd, x_T, identity, steps, model) as .safetensors in the "
+                         "output folder; DVA Load Latent reads it back and skips the inversion."),
+            inputs=[
+                Latent.Input("latent", tooltip="The encoding to save."),
+                io.String.Input("filename_prefix", default="dva/latent", tooltip=
+                                "File name prefix inside the output folder (may contain sub-folders)."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
 
     @classmethod
-    def execute(cls, latent, filename_prefix):
+    def execute(cls, latent, filename_prefix) -> io.NodeOutput:
         require_all("DVA Save Latent", REQUIRES)
         from dva_model.formats.latent_io import save_latent
 
         path, name, subfolder = output_path(filename_prefix, LATENT_SUFFIX)
         save_latent(path, latent)
-        return {"ui": {"files": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
+        return io.NodeOutput(ui={"files": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
 
 
-class DVALoadLatent:
+class DVALoadLatent(io.ComfyNode):
     """Reads an encoding saved by DVA Save Latent (or `python -m dva_model encode`)."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = ("Loads an encoding (.safetensors) from the input folder, or from the output folder "
-                   "(entries marked [output]), so a clip can be edited again without inverting it.")
-    RETURN_TYPES = (LATENT,)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The saved encoding.",)
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "latent_file": (latent_files(), {"tooltip":
-                            "An encoding file: from the input folder, or from the output folder ([output])."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVALoadLatent", display_name="DVA Load Latent", category=CATEGORY_ENCODE,
+            description=("Loads an encoding (.safetensors) from the input folder, or from the output folder "
+                         "(entries marked [output]), so a clip can be edited again without inverting it."),
+            inputs=[io.Combo.Input("latent_file", options=saved_files("latent"), tooltip=
+                                   "An encoding file: from the input folder, or saved under output/dva/ ([output]).")],
+            outputs=[Latent.Output(display_name="latent", tooltip="The saved encoding.")],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, latent_file):
+    def fingerprint_inputs(cls, latent_file):
         return file_fingerprint(latent_file)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, latent_file):
+    def validate_inputs(cls, latent_file):
         try:
             input_path(latent_file)
         except FileNotFoundError as error:
@@ -117,24 +124,28 @@ class DVALoadLatent:
         return True
 
     @classmethod
-    def execute(cls, latent_file):
+    def execute(cls, latent_file) -> io.NodeOutput:
         require_all("DVA Load Latent", REQUIRES)
         from dva_model.formats.latent_io import load_latent
 
-        return (load_latent(input_path(latent_file)),)
+        return io.NodeOutput(load_latent(input_path(latent_file)))
 
 
-def latent_files() -> list:
-    """Encodings in the input folder, then those under the output folder (annotated ``[output]``)."""
+def saved_files(kind: str) -> list:
+    """The .safetensors files of ``kind`` ("latent" or "delta") users can pick: the input folder's, then
+    those under the output folder's ``dva/`` (where the save nodes' default prefixes write; annotated
+    ``[output]``). Only that sub-folder is walked, not the whole output folder, and each file's kind is
+    peeked at once (``_host.file_kind``), so listing stays cheap on every /object_info."""
     import folder_paths
 
-    from ._host import input_files
+    from ._host import file_kind, input_files
 
-    names = input_files(LATENT_SUFFIX)
-    root = folder_paths.get_output_directory()
-    for folder, _, files in os.walk(root):
+    names = [n for n in input_files(LATENT_SUFFIX)
+             if file_kind(os.path.join(folder_paths.get_input_directory(), n)) in (kind, "unknown")]
+    output = folder_paths.get_output_directory()
+    for folder, _, files in sorted(os.walk(os.path.join(output, SAVE_FOLDER))):
         for name in sorted(files):
-            if name.endswith(LATENT_SUFFIX):
-                relative = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-                names.append(relative + OUTPUT_TAG)
+            path = os.path.join(folder, name)
+            if name.endswith(LATENT_SUFFIX) and file_kind(path) in (kind, "unknown"):
+                names.append(os.path.relpath(path, output).replace(os.sep, "/") + OUTPUT_TAG)
     return names

@@ -1,7 +1,9 @@
 """PasteBack: edited crops composited into the full-resolution frames through face-parsing masks."""
 
+from comfy_api.v0_0_2 import io
+
 from ._host import image_to_crops, intermediate_device, progress_callback, require_all
-from .types import FACES, MODEL
+from .types import CATEGORY_VIDEO, Faces, Model
 
 NODE = "DVA Paste Back"
 REQUIRES = (("kornia", "kornia"),)
@@ -9,68 +11,118 @@ CHUNK_FRAMES = 16  # frames composited per call (bounds the full-resolution temp
 COMPOSITES = ("frame", "release")
 
 
-class DVAPasteBack:
+class DVAPasteBack(io.ComfyNode):
     """Pastes the edited face into every frame that has one; the rest of each frame stays bit-identical."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = (
-        "Composites the edited crops into the original frames through a BiSeNet face-parsing mask of "
-        "the original crop (the published 'release' preset: face without hair, ears and neck) and the "
-        "inverse of the crop warp. Presets keep hair, glasses or beard edits; dilation, feathering and "
-        "temporal smoothing soften the seam. Frames without a face pass through untouched."
-    )
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("frames", "mask")
-    OUTPUT_TOOLTIPS = (
-        "The edited frames at the input's size, [N, H, W, 3] in 0..1.",
-        "Where the edited face was pasted, [N, H, W] in 0..1 (0 on frames without a face).",
-    )
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls) -> io.Schema:
         from dva_model.face.paste import MASK_PRESETS
 
-        return {"required": {
-            "frames": ("IMAGE", {"tooltip": "The original frames, the same ones DVA Face Align saw."}),
-            "faces": (FACES, {"tooltip": "The alignment of those frames from DVA Face Align."}),
-            "crops": ("IMAGE", {"tooltip": "The edited crops from DVA DDIM Decode (one per frame with a face)."}),
-            "model": (MODEL, {"tooltip": "The DVA model; its face parser builds the paste masks."}),
-            "mask_preset": (list(MASK_PRESETS), {"default": "release", "tooltip":
-                            "Face-parsing classes taken from the edit: 'release' (face without hair, ears, "
-                            "neck), 'hair', 'glasses', 'beard' or 'head' (everything but background, cloth, hat)."}),
-            "union_edited": ("BOOLEAN", {"default": False, "tooltip":
-                             "Also paste what the EDITED crop's parsing puts in those classes (keeps what an "
-                             "edit adds outside the original face)."}),
-            "dilate": ("INT", {"default": 0, "min": 0, "max": 64, "step": 1, "tooltip":
-                       "Grow the mask by this many crop pixels (0 = as published)."}),
-            "feather": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 32.0, "step": 0.5, "tooltip":
-                        "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."}),
-            "temporal_sigma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip":
-                               "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."}),
-            "composite": (list(COMPOSITES), {"default": "frame", "tooltip":
-                          "'frame': blend at full resolution, only masked pixels change. 'release': blend "
-                          "inside the crop and paste the whole square, as published."}),
-        }}
+        return io.Schema(
+            node_id="DVAPasteBack", display_name=NODE, category=CATEGORY_VIDEO,
+            description=(
+                "Composites the edited crops into the original frames through a BiSeNet face-parsing mask of "
+                "the original crop (the published 'release' preset: face without hair, ears and neck) or a MASK "
+                "you connect, and the inverse of the crop warp. Presets keep hair, glasses or beard edits; "
+                "dilation, feathering and temporal smoothing soften the seam. Frames without a face pass through "
+                "untouched. The video output carries the frames with the source's frame rate and audio, for core "
+                "Save Video."),
+            inputs=[
+                io.Image.Input("frames", tooltip="The original frames, the same ones DVA Face Align saw."),
+                Faces.Input("faces", tooltip="The alignment of those frames from DVA Face Align."),
+                io.Image.Input("crops", tooltip="The edited crops from DVA DDIM Decode (one per frame with a face); "
+                                                "crops of another size are resized to the alignment's crop size."),
+                Model.Input("model", tooltip="The DVA model; its face parser builds the paste masks."),
+                io.Combo.Input("mask_preset", options=list(MASK_PRESETS), default="release", tooltip=
+                               "Face-parsing classes taken from the edit: 'release' (face without hair, ears, "
+                               "neck), 'hair', 'glasses', 'beard' or 'head' (everything but background, cloth, hat)."),
+                io.Boolean.Input("union_edited", default=False, tooltip=
+                                 "Also paste what the EDITED crop's parsing puts in those classes (keeps what an "
+                                 "edit adds outside the original face)."),
+                io.Int.Input("dilate", default=0, min=0, max=64, step=1,
+                             tooltip="Grow the mask by this many crop pixels (0 = as published)."),
+                io.Float.Input("feather", default=0.0, min=0.0, max=32.0, step=0.5, tooltip=
+                               "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."),
+                io.Float.Input("temporal_sigma", default=0.0, min=0.0, max=10.0, step=0.1, tooltip=
+                               "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."),
+                io.Combo.Input("composite", options=list(COMPOSITES), default="frame", tooltip=
+                               "'frame': blend at full resolution, only masked pixels change. 'release': blend "
+                               "inside the crop and paste the whole square, as published."),
+                io.Float.Input("fps", default=30.0, min=1.0, max=240.0, step=0.001, tooltip=
+                               "Frame rate of the video output; connect DVA Video Load's fps to keep the source's."),
+                io.Mask.Input("mask", optional=True, tooltip=
+                              "Your own paste mask in crop space, [M, H, W] in 0..1 (one per crop, or one for all; "
+                              "resized to the crop size); replaces the face-parsing mask and its preset, union, "
+                              "dilation, feathering and temporal settings."),
+                io.Audio.Input("audio", optional=True, tooltip=
+                               "Audio for the video output; connect DVA Video Load's audio to keep the source's."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="frames", tooltip="The edited frames at the input's size, [N, H, W, 3] in 0..1."),
+                io.Mask.Output(display_name="mask", tooltip=
+                               "Where the edited face was pasted, [N, H, W] in 0..1 (0 on frames without a face)."),
+                io.Video.Output(display_name="video", tooltip=
+                                "The edited frames with the given frame rate and audio, for core Save Video."),
+            ],
+        )
 
     @classmethod
     def execute(cls, frames, faces, crops, model, mask_preset, union_edited, dilate, feather, temporal_sigma,
-                composite):
+                composite, fps=30.0, mask=None, audio=None) -> io.NodeOutput:
         require_all(NODE, REQUIRES)
         from dva_model.face.paste import PasteConfig
         from dva_model.pipeline import EditConfig, paste_masks
 
-        edited = image_to_crops(crops)
+        size = faces.config.size
+        edited = resize_crops(image_to_crops(crops), size)
         _check_sizes(frames, faces, edited)
-        config = EditConfig(paste=PasteConfig.from_preset(mask_preset, union_edited=union_edited, dilate=dilate,
-                                                          feather=feather, temporal_sigma=temporal_sigma,
-                                                          composite=composite))
-        numbers = [faces.indices[row] for row in faces.face_rows]
-        masks = paste_masks(model.acquire(), faces.crops, edited, numbers, config=config).cpu()
+        callback = progress_callback()
+        if mask is None:
+            config = EditConfig(paste=PasteConfig.from_preset(
+                mask_preset, union_edited=union_edited, dilate=dilate, feather=feather, temporal_sigma=temporal_sigma,
+                composite=composite))
+            numbers = [faces.indices[row] for row in faces.face_rows]
+            masks = paste_masks(model.acquire(), faces.crops, edited, numbers, config=config, callback=callback).cpu()
+        else:
+            masks = crop_masks(mask, len(edited), size)
         out, alpha = composite_frames(frames, faces, edited, masks, composite=composite, device=model.device,
-                                      callback=progress_callback())
-        return (out.to(intermediate_device()), alpha.to(intermediate_device()))
+                                      callback=callback)
+        out, alpha = out.to(intermediate_device()), alpha.to(intermediate_device())
+        return io.NodeOutput(out, alpha, as_video(out, fps, audio))
+
+
+def resize_crops(crops, size: int):
+    """[M, 3, h, w] -> [M, 3, size, size] (antialiased bilinear; unchanged when already that size)."""
+    import torch.nn.functional as F
+
+    if tuple(crops.shape[-2:]) == (size, size):
+        return crops
+    return F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def crop_masks(mask, count: int, size: int):
+    """A user MASK [M or 1, h, w] (or [h, w]) in 0..1 -> paste masks [count, 1, size, size] float32."""
+    import torch.nn.functional as F
+
+    mask = mask.float().cpu()
+    mask = mask[None] if mask.ndim == 2 else mask  # [h, w] -> [1, h, w]
+    if mask.ndim != 3 or len(mask) not in (1, count):
+        raise ValueError(f"DVA Paste Back's mask must be one MASK per edited crop ({count}) or a single one, "
+                         f"got shape {tuple(mask.shape)}; connect a mask made in crop space.")
+    mask = F.interpolate(mask[:, None], size=(size, size), mode="bilinear", align_corners=False)  # [M, 1, S, S]
+    return mask.clamp(0, 1).expand(count, -1, -1, -1).contiguous()
+
+
+def as_video(frames, fps: float, audio):
+    """Core VIDEO of IMAGE ``frames`` [N, H, W, 3] at ``fps`` with ``audio`` (or none)."""
+    from fractions import Fraction
+
+    from comfy_api.v0_0_2 import InputImpl, Types
+
+    rate = Fraction(fps).limit_denominator(1001)
+    return InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, frame_rate=rate, audio=audio))
 
 
 def _check_sizes(frames, faces, edited) -> None:
@@ -80,10 +132,9 @@ def _check_sizes(frames, faces, edited) -> None:
     if tuple(frames.shape[1:3]) != (faces.info.height, faces.info.width):
         raise ValueError(f"The frames are {frames.shape[2]}x{frames.shape[1]} but were aligned at "
                          f"{faces.info.width}x{faces.info.height}; connect the frames DVA Face Align saw.")
-    if tuple(edited.shape) != tuple(faces.crops.shape):
-        raise ValueError(f"Expected {len(faces.crops)} crops of {faces.config.size}x{faces.config.size} (one per "
-                         f"frame with a face), got {list(edited.shape[:1]) + list(edited.shape[2:])}; connect "
-                         "DVA DDIM Decode's output.")
+    if len(edited) != len(faces.crops):
+        raise ValueError(f"Expected {len(faces.crops)} crops (one per frame with a face), got {len(edited)}; "
+                         "connect DVA DDIM Decode's output.")
 
 
 def composite_frames(frames, faces, edited, masks, *, composite, device, callback=None):

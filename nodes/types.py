@@ -5,6 +5,8 @@
     DVA_FACES       dva_model.face.align.AlignedClip: aligned crops, per-frame quads and warps, face flags
     DVA_LATENT      dva_model.formats.latent_io.Latent: per-frame z_id, z_lnd, x_T, the inversion identity, steps
     DVA_IDENTITY    Identity (below): the clip identity to decode with, plus the edits to apply to it
+    DVA_CLIP        nodes._host.ModelHandle around dva_model.edit.clip_loss.ClipDirectionalLoss
+    DVA_IDENTITY_DELTA  dva_model.edit.clip_edit.IdentityDelta: a learnt text edit of the identity
 IMAGE and MASK use ComfyUI's layouts ([B, H, W, 3] and [B, H, W] float in [0, 1] on the CPU).
 """
 
@@ -12,12 +14,30 @@ from dataclasses import dataclass
 from typing import Any, Tuple
 
 import torch
+from comfy_api.v0_0_2 import io
 
 MODEL = "DVA_MODEL"
 CLASSIFIER = "DVA_CLASSIFIER"
 FACES = "DVA_FACES"
 LATENT = "DVA_LATENT"
 IDENTITY = "DVA_IDENTITY"
+CLIP = "DVA_CLIP"
+DELTA = "DVA_IDENTITY_DELTA"
+
+# The wire types as V3 io types (each has .Input and .Output).
+Model = io.Custom(MODEL)
+Classifier = io.Custom(CLASSIFIER)
+Faces = io.Custom(FACES)
+Latent = io.Custom(LATENT)
+IdentityType = io.Custom(IDENTITY)
+Clip = io.Custom(CLIP)
+Delta = io.Custom(DELTA)
+
+# Node menu categories.
+CATEGORY_MODEL = "DVA/model"
+CATEGORY_VIDEO = "DVA/video"
+CATEGORY_ENCODE = "DVA/encode"
+CATEGORY_EDIT = "DVA/edit"
 
 
 @dataclass(frozen=True, kw_only=True)

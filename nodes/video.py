@@ -1,10 +1,16 @@
-"""VideoLoad: a clip from ComfyUI's input folder as IMAGE frames, fps and AUDIO.
+"""VideoLoad: a clip (an uploaded file or a core VIDEO) as IMAGE frames, fps and AUDIO.
 
-The outputs are ComfyUI's own types, so the edited frames can go to core Create Video + Save Video,
-to VideoHelperSuite's Video Combine, or to any IMAGE node.
+The outputs are ComfyUI's own types, so the frames can go to any IMAGE node and, after editing, DVA Paste
+Back hands core Save Video a VIDEO with the source's audio and frame rate (or core Create Video /
+VideoHelperSuite's Video Combine take the frames, fps and audio).
 """
 
+from pathlib import Path
+
+from comfy_api.v0_0_2 import io
+
 from ._host import file_fingerprint, input_files, input_path, require_all
+from .types import CATEGORY_VIDEO
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
 GIB = 1 << 30
@@ -12,47 +18,57 @@ NODE = "DVA Video Load"
 REQUIRES = (("av", "av"),)
 
 
-class DVAVideoLoad:
+class DVAVideoLoad(io.ComfyNode):
     """Decodes a video (a frame range, stride and cap) into IMAGE frames, its fps and its audio."""
 
-    CATEGORY = "DVA"
-    DESCRIPTION = (
-        "Loads a video from ComfyUI's input folder (upload one with the button) as IMAGE frames in 0..1, "
-        "its frame rate and its audio track (trimmed to the selected frames)."
-    )
-    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO", "INT")
-    RETURN_NAMES = ("frames", "fps", "audio", "frame_count")
-    OUTPUT_TOOLTIPS = (
-        "Selected frames, [N, H, W, 3] float in 0..1.",
-        "Frame rate of the output (the source fps divided by the stride).",
-        "The audio of the selected frames (None when the video has no audio track).",
-        "Number of frames loaded.",
-    )
-    FUNCTION = "execute"
     REQUIRES = REQUIRES
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "video": (input_files(*VIDEO_SUFFIXES), {"video_upload": True,
-                      "tooltip": "A video in ComfyUI's input folder."}),
-            "start_frame": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "step": 1,
-                            "tooltip": "First frame to load (0 = the first frame of the video)."}),
-            "frame_cap": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "step": 1,
-                          "tooltip": "Load at most this many frames (0 = up to the end of the video)."}),
-            "stride": ("INT", {"default": 1, "min": 1, "max": 1000, "step": 1,
-                       "tooltip": "Load every n-th frame (1 = every frame); the fps output is divided by it."}),
-            "max_gib": ("FLOAT", {"default": 16.0, "min": 0.1, "max": 1024.0, "step": 0.1, "tooltip":
-                        "Refuse before decoding when the float frames would need more memory than this "
-                        "(GiB); choose a frame cap or a stride for long or high-resolution clips."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DVAVideoLoad", display_name=NODE, category=CATEGORY_VIDEO,
+            description=(
+                "Loads a video from ComfyUI's input folder (upload one with the button), or the VIDEO connected "
+                "to source_video (core Load Video, API nodes), as IMAGE frames in 0..1, its frame rate and its "
+                "audio track (trimmed to the selected frames)."),
+            inputs=[
+                io.Combo.Input("video", options=input_files(*VIDEO_SUFFIXES), upload=io.UploadType.video,
+                               tooltip="A video in ComfyUI's input folder (ignored when source_video is connected)."),
+                io.Int.Input("start_frame", default=0, min=0, max=10_000_000, step=1,
+                             tooltip="First frame to load (0 = the first frame of the video)."),
+                io.Int.Input("frame_cap", default=0, min=0, max=10_000_000, step=1,
+                             tooltip="Load at most this many frames (0 = up to the end of the video)."),
+                io.Int.Input("stride", default=1, min=1, max=1000, step=1,
+                             tooltip="Load every n-th frame (1 = every frame); the fps output is divided by it."),
+                io.Float.Input("max_gib", default=16.0, min=0.1, max=1024.0, step=0.1, tooltip=
+                               "Refuse before decoding when the float frames would need more memory than this "
+                               "(GiB); choose a frame cap or a stride for long or high-resolution clips."),
+                io.Video.Input("source_video", optional=True, tooltip=
+                               "A core VIDEO (Load Video, API nodes...) to read instead of the uploaded file; the "
+                               "frame range, stride and memory check apply to it too."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="frames", tooltip="Selected frames, [N, H, W, 3] float in 0..1."),
+                io.Float.Output(display_name="fps", tooltip="Frame rate of the output (the source fps divided by the stride)."),
+                io.Audio.Output(display_name="audio",
+                                tooltip="The audio of the selected frames (None when the video has no audio track)."),
+                io.Int.Output(display_name="frame_count", tooltip="Number of frames loaded."),
+            ],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, video, **_):
-        return file_fingerprint(video)
+    def fingerprint_inputs(cls, video, source_video=None, **_):
+        # An uploaded file re-runs the node when it changes; a connected VIDEO re-runs it through its
+        # upstream nodes (and is not evaluated yet when ComfyUI asks, so the file may well be absent).
+        try:
+            return file_fingerprint(video)
+        except FileNotFoundError:
+            return None
 
     @classmethod
-    def VALIDATE_INPUTS(cls, video, **_):
+    def validate_inputs(cls, video, input_types=None, **_):
+        if input_types and "source_video" in input_types:
+            return True  # the file is not used
         try:
             input_path(video)
         except FileNotFoundError as error:
@@ -60,16 +76,40 @@ class DVAVideoLoad:
         return True
 
     @classmethod
-    def execute(cls, video, start_frame, frame_cap, stride, max_gib):
+    def execute(cls, video, start_frame, frame_cap, stride, max_gib, source_video=None) -> io.NodeOutput:
         require_all(NODE, REQUIRES)
         from dva_model.formats.video import FrameSelection, audio_window, read_frames
 
-        path = input_path(video)
+        path = input_path(video) if source_video is None else video_file(source_video)
         selection = FrameSelection(start=start_frame, stride=stride, max_frames=frame_cap or None)
         frames, info = read_frames(path, selection=selection, max_bytes=int(max_gib * GIB))
         indices = selection.indices(info.frame_count)[: len(frames)]
         audio = read_audio(path, audio_window(info, indices)) if info.has_audio else None
-        return (frames, float(info.fps) / stride, audio, len(frames))
+        return io.NodeOutput(frames, float(info.fps) / stride, audio, len(frames))
+
+
+def video_file(video) -> Path:
+    """A file holding core VIDEO ``video``: its own file, else an encoded copy in ComfyUI's temp folder.
+
+    A VIDEO made from tensors (core Create Video) is encoded once, to a name derived from its content, so
+    that the frame selection, the memory check and the audio trimming work as on an uploaded file.
+    """
+    import hashlib
+    import os
+
+    import folder_paths
+
+    source = video.get_stream_source()
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source)
+    data = source.getvalue()  # an in-memory container (BytesIO)
+    target = Path(folder_paths.get_temp_directory()) / "dva" / f"video_{hashlib.sha256(data).hexdigest()[:16]}.mp4"
+    if not target.is_file():
+        from dva_model.formats.files import write_atomically
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, lambda tmp: Path(tmp).write_bytes(data))
+    return target
 
 
 def read_audio(path, window):

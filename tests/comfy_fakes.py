@@ -138,7 +138,13 @@ def _comfy_modules(host: FakeHost) -> dict:
 def pack_nodes():
     import nodes
 
-    return nodes.NODE_CLASS_MAPPINGS
+    return nodes.NODES_BY_ID
+
+
+def combo_options(node, name: str) -> list:
+    """The choices a node's combo input ``name`` offers now (what /object_info would list)."""
+    (item,) = [item for item in node.define_schema().inputs if item.id == name]
+    return item.options["options"]
 
 
 def install(path: Path, folder: Path, name: str) -> str:

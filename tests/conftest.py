@@ -14,6 +14,10 @@ from typing import Literal, Optional
 import pytest
 import torch
 
+import comfy_api_fake
+
+comfy_api_fake.install()  # the nodes' V3 API (comfy_api.v0_0_2) without a ComfyUI checkout
+
 from dva_model.formats.checkpoint import release_state_from_model, save_model
 from dva_model.model import DVAConfig, DVAModel
 from dva_model.testing import randomize_, tiny_unet_config

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("open_clip")
 
 from test_clip_edit import tiny_clip  # noqa: E402
-from comfy_fakes import InterruptProcessingException, install, model_handle as _handle  # noqa: E402
+from comfy_fakes import InterruptProcessingException, combo_options, install, model_handle as _handle  # noqa: E402
 
 from dva_model.edit.classifier import AttributeClassifier, edit_identity  # noqa: E402
 from dva_model.edit.clip_edit import IdentityDelta, apply_delta  # noqa: E402
@@ -48,7 +48,7 @@ def _clip_handle(comfy_host, tmp_path):
     weights = tmp_path / "tiny_clip.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_clip(seed=4).state_dict().items()}, str(weights))
     name = install(weights, comfy_host.models / "dva", "clip/tiny_clip.safetensors")
-    assert name in DVACLIPLoader.INPUT_TYPES()["required"]["weights"][0]
+    assert name in combo_options(DVACLIPLoader, "weights")
     with torch.inference_mode():  # as ComfyUI runs every node
         (handle,) = DVACLIPLoader.execute(name, "cpu")
         (again,) = DVACLIPLoader.execute(name, "cpu")
@@ -57,18 +57,19 @@ def _clip_handle(comfy_host, tmp_path):
 
 
 EDIT_SETTINGS = dict(source_text="face", target_text="face with beard", reference_frame=1, learning_rate=0.002,
-                     clip_weight=3.0, identity_weight=1.0, l1_weight=5.0, scale=0.5, norm="unit (as released)")
+                     clip_weight=3.0, identity_weight=1.0, l1_weight=5.0)
 
 
-def test_clip_edit_node_learns_a_delta_with_progress_and_applies_it(comfy_host, small_model, tmp_path):
-    from nodes.clip_edit import DVACLIPEdit
+def test_clip_edit_node_learns_a_delta_with_progress_and_the_apply_node_scales_it(comfy_host, small_model, tmp_path):
+    from nodes.clip_edit import DVAApplyIdentityDelta, DVACLIPEdit
     from nodes.types import Identity
 
     model, clip = _handle(small_model), _clip_handle(comfy_host, tmp_path)
     latent = _latent(small_model, model.model_id)
     identity = Identity(base=latent.identity)
     with torch.inference_mode():
-        edited, delta = DVACLIPEdit.execute(model, clip, latent, identity, iterations=4, **EDIT_SETTINGS)
+        (delta,) = DVACLIPEdit.execute(model, clip, latent, iterations=4, **EDIT_SETTINGS)
+        (edited,) = DVAApplyIdentityDelta.execute(identity, delta, 0.5, "unit (as released)")
     assert isinstance(delta, IdentityDelta) and delta.delta.norm() > 0 and delta.info["iterations"] == 4
     assert math.isfinite(delta.info["loss_end"])
     torch.testing.assert_close(edited.base, apply_delta(latent.identity, delta, scale=0.5, norm="unit"))
@@ -86,7 +87,7 @@ def test_clip_edit_node_cancels_within_one_iteration(comfy_host, small_model, tm
     latent = _latent(small_model, model.model_id)
     comfy_host.interrupt_after = 2 + 3  # the reference decode's 2 checks, then 3 iterations
     with pytest.raises(InterruptProcessingException), torch.inference_mode():
-        DVACLIPEdit.execute(model, clip, latent, Identity(base=latent.identity), iterations=500, **EDIT_SETTINGS)
+        DVACLIPEdit.execute(model, clip, latent, iterations=500, **EDIT_SETTINGS)
     assert comfy_host.bars[-1] == (500, [1, 2, 3])
 
 
@@ -98,10 +99,10 @@ def test_delta_nodes_save_load_and_apply_before_attribute_edits(comfy_host):
     delta = IdentityDelta(delta=0.2 * torch.randn(ID_DIM, generator=generator), source_text="face",
                           target_text="face with glasses", info={"loss_start": 2.5, "loss_end": 1.25})
     saved = DVASaveIdentityDelta.execute(delta, "dva/clip_delta")
-    (entry,) = saved["ui"]["files"]
-    assert saved["ui"]["text"] == ["'face' -> 'face with glasses': loss 2.5000 -> 1.2500"]
+    (entry,) = saved.ui["files"]
+    assert saved.ui["text"] == ["'face' -> 'face with glasses': loss 2.5000 -> 1.2500"]
     listed = f"{entry['subfolder']}/{entry['filename']} [output]"
-    assert listed in DVALoadIdentityDelta.INPUT_TYPES()["required"]["delta_file"][0]
+    assert listed in combo_options(DVALoadIdentityDelta, "delta_file")
     (loaded,) = DVALoadIdentityDelta.execute(listed)
     assert torch.equal(loaded.delta, delta.delta) and loaded.target_text == "face with glasses"
 

@@ -60,3 +60,12 @@ def test_clip_edit_workflow_runs_and_lowers_its_loss(server, object_info, tmp_pa
     assert (video.frame_count, video.width, video.height) == (2, 640, 360)
     edit_progress = [data["value"] for kind, data in events if kind == "progress" and data.get("node") == "7"]
     assert edit_progress[-ITERATIONS:] == list(range(1, ITERATIONS + 1)), "one progress step per iteration"
+
+    # Another scale re-runs the apply node and what follows, never the optimisation (node 7).
+    prompt["9"]["inputs"]["scale"] = 0.25
+    events.clear()
+    history = api.run_prompt(server, prompt, timeout_s=RUN_TIMEOUT_S,
+                             on_message=lambda kind, data: events.append((kind, data)))
+    api.check_success(history)
+    executed = {data["node"] for kind, data in events if kind == "executing" and data.get("node")}
+    assert executed == {"9", "10", "11", "13", "15", "16"}, executed

@@ -19,7 +19,7 @@ from test_workflows import CORE_NODES, check_api_workflow, pack_info, run_in_pro
 
 from dva_model.testing import single_thread  # noqa: E402
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "example_workflows"
 CLIP_NODES = ("DVACLIPLoader", "DVACLIPEdit", "DVASaveIdentityDelta", "DVAApplyIdentityDelta", "DVALoadIdentityDelta")
 
 
@@ -29,7 +29,7 @@ def clip_nodes(comfy_host, monkeypatch):
     from nodes import clip_edit
 
     for name in CLIP_NODES:
-        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, name, getattr(clip_edit, name))
+        monkeypatch.setitem(nodes.NODES_BY_ID, name, getattr(clip_edit, name))
     return comfy_host
 
 
@@ -43,7 +43,7 @@ def test_clip_edit_workflow_in_both_formats_matches_the_nodes(clip_nodes):
     assert ui_to_api(workflow, info) == strip_meta(api)
     edit = api["7"]["inputs"]
     assert (edit["iterations"], edit["learning_rate"], edit["clip_weight"], edit["identity_weight"],
-            edit["l1_weight"], edit["scale"]) == (2000, 0.002, 3.0, 1.0, 5.0, 0.5)  # the published settings
+            edit["l1_weight"], api["9"]["inputs"]["scale"]) == (2000, 0.002, 3.0, 1.0, 5.0, 0.5)  # the published settings
 
 
 def test_clip_edit_graph_runs_end_to_end_and_lowers_its_loss(clip_nodes, tiny_checkpoint, tmp_path):
@@ -68,16 +68,17 @@ def test_clip_edit_graph_runs_end_to_end_and_lowers_its_loss(clip_nodes, tiny_ch
         results = run_in_process(prompt)
 
     latent = results["4"][0]
-    identity, delta = results["7"]
-    (saved,) = results["8"][-1]["files"]
-    (summary,) = results["8"][-1]["text"]
+    (delta,) = results["7"]
+    (identity,) = results["9"]
+    (saved,) = results["8"].ui["files"]
+    (summary,) = results["8"].ui["text"]
     stored = load_delta(clip_nodes.output / saved["subfolder"] / saved["filename"])
     assert torch.equal(stored.delta, delta.delta) and stored.target_text == "face with beard"
     start, end = stored.info["loss_start"], stored.info["loss_end"]
     assert math.isfinite(start) and end < start, f"the CLIP edit did not lower its loss: {summary}"
     assert summary.endswith(f"loss {start:.4f} -> {end:.4f}")
     torch.testing.assert_close(identity.edited(), apply_delta(latent.identity, delta, scale=0.5))
-    assert results["9"][0].shape == (2, 256, 256, 3)
-    (video,) = results["12"][-1]["images"]
+    assert results["10"][0].shape == (2, 256, 256, 3)
+    (video,) = results["13"].ui["images"]
     written = probe(clip_nodes.output / video["subfolder"] / video["filename"])
     assert (written.frame_count, written.width, written.height) == (2, 640, 360)

@@ -27,7 +27,8 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 STARTUP_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 3600
 STEPS = 2  # DDIM steps: one inversion call and two decoding calls per frame batch
-EDIT_NODES = {"7", "8", "9", "10", "11"}  # attribute edit, decode, paste back, create + save video
+# attribute edit, decode, paste back, save video, previews of the edited crops and the paste mask
+EDIT_NODES = {"7", "8", "9", "11", "13", "14"}
 
 pytestmark = pytest.mark.skipif(
     not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
@@ -134,8 +135,11 @@ def test_object_info_lists_every_pack_node_as_declared(object_info, comfy_host):
     ours = pack_info()
     for name in PACK_NODES:
         served = object_info[name]
-        assert served["category"] == "DVA" and served["output"] == ours[name]["output"], name
-        assert served["input_order"] == ours[name]["input_order"], name
+        assert served["category"] == ours[name]["category"] and served["output"] == ours[name]["output"], name
+        assert served["category"].startswith("DVA/") and served["display_name"] == ours[name]["display_name"], name
+        sections = ("required", "optional")  # V3 adds a "hidden" section (prompt, workflow) to output nodes
+        assert {k: served["input_order"].get(k) for k in sections} == \
+            {k: ours[name]["input_order"].get(k) for k in sections}, name
     for name, declared in CORE_NODES.items():
         served = object_info[name]
         assert served["output"] == declared["output"], name
@@ -161,6 +165,31 @@ def test_shipped_workflow_returns_a_video_of_the_input_frame_count_and_size(serv
     assert float(result.fps) == pytest.approx(float(source.fps), rel=1e-3) and result.has_audio
     progress_nodes = {data.get("node") for kind, data in events if kind == "progress"}
     assert {"4", "8"} <= progress_nodes, "encode and decode must report progress"
+
+
+def test_core_load_video_to_core_save_video_keeps_audio_and_frame_count(server, object_info, prompt, tmp_path):
+    """Core Load Video -> DVA Video Load (source_video) -> ... -> Paste Back's VIDEO -> core Save Video."""
+    from dva_model.formats.video import probe
+    from media import single_face_video
+
+    prompt = json.loads(json.dumps(prompt))
+    prompt["20"] = {"class_type": "LoadVideo", "inputs": {"file": prompt["2"]["inputs"]["video"]}}
+    prompt["2"]["inputs"]["source_video"] = ["20", 0]
+    prompt["2"]["inputs"]["video"] = "not_uploaded.mp4"  # the connected VIDEO is read, not the file
+    assert object_info["LoadVideo"]["output"] == ["VIDEO"] and prompt["11"]["inputs"]["video"] == ["9", 2]
+    history, _ = _run(server, prompt)
+    api.check_success(history)
+    (video,) = api.output_files(history)
+    result = probe(api.download(server, video, tmp_path / "edited.mp4"))
+    source = probe(single_face_video())
+    assert result.frame_count == _expected_frames() and (result.width, result.height) == (source.width, source.height)
+    assert result.has_audio and float(result.fps) == pytest.approx(float(source.fps), rel=1e-3)
+    import av
+
+    with av.open(str(tmp_path / "edited.mp4")) as container:
+        (audio,) = container.streams.audio
+        seconds = float(audio.duration * audio.time_base) if audio.duration else float(container.duration) / 1e6
+    assert seconds == pytest.approx(_expected_frames() / float(source.fps), abs=0.1), "the audio of those frames"
 
 
 def test_changing_only_the_edit_scale_reruns_only_edit_decode_and_paste(server, prompt):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from comfy_fakes import combo_options
 from drive_standin import DriveStandIn, serve
 from dva_model.cli.main import main
 from dva_model.formats import download as download_module
@@ -227,10 +228,12 @@ def test_loaders_name_the_command_and_download_only_when_asked(comfy_host, drive
 
     folder = comfy_host.models / "dva"
     for loader, key in ((DVAModelLoader, "checkpoint"), (DVAClassifierLoader, "classifier")):
-        spec = loader.INPUT_TYPES()
-        assert spec["optional"]["download_if_missing"][1]["default"] is False
-        offered = spec["required"][key][0]
+        (option,) = [item for item in loader.define_schema().inputs if item.id == "download_if_missing"]
+        assert option.optional and option.options["default"] is False
+        offered = combo_options(loader, key)
         assert (CHECKPOINT.name if key == "checkpoint" else CLASSIFIER.name) in offered  # before any file exists
+    assert CLASSIFIER.name not in combo_options(DVAModelLoader, "checkpoint"), "each loader offers its own files"
+    assert combo_options(DVAClassifierLoader, "latent_stats") == ["none", LATENT_STATS.name]
     with pytest.raises(FileNotFoundError) as caught:
         DVAModelLoader.execute(CHECKPOINT.name, "fp32", "cpu")
     assert str(caught.value).endswith(

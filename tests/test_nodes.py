@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fakes import InterruptProcessingException, install, model_handle as _handle, pack_nodes
+from comfy_fakes import InterruptProcessingException, combo_options, install, model_handle as _handle, pack_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_NODES = {
@@ -31,43 +31,48 @@ HEAVY_MODULES = ("dva_model.nets.unet", "dva_model.model", "dva_model.formats.ch
 
 
 def test_pack_loads_every_node_without_heavy_imports():
+    # As ComfyUI loads a V3 pack: import it as a package, await comfy_entrypoint(), ask for the node list.
     code = f"""
-import importlib.util, json, sys
+import asyncio, importlib.util, json, sys
+sys.path.insert(0, {str(REPO / 'tests')!r})
+import comfy_api_fake
+comfy_api_fake.install()
 spec = importlib.util.spec_from_file_location("ComfyUI-DVA", {str(REPO / '__init__.py')!r},
                                               submodule_search_locations=[{str(REPO)!r}])
 module = importlib.util.module_from_spec(spec)
 sys.modules["ComfyUI-DVA"] = module
 spec.loader.exec_module(module)
+extension = asyncio.run(module.comfy_entrypoint())
+nodes = asyncio.run(extension.get_node_list())
 heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
-print(json.dumps({{"nodes": sorted(module.NODE_CLASS_MAPPINGS), "names": module.NODE_DISPLAY_NAME_MAPPINGS,
-                   "heavy": heavy}}))
+print(json.dumps({{"nodes": sorted(node.__name__ for node in nodes), "heavy": heavy,
+                   "lone": hasattr(module, "NODE_CLASS_MAPPINGS")}}))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr[-2000:]
     import json
 
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(loaded["nodes"]) == PACK_NODES
-    assert set(loaded["names"]) == PACK_NODES
+    assert loaded["nodes"] == sorted(PACK_NODES)  # each class is named as its node id
+    assert not loaded["lone"], "a module registers through comfy_entrypoint (V3) or NODE_CLASS_MAPPINGS, not both"
     assert loaded["heavy"] == [], f"importing the pack loaded {loaded['heavy']}"
 
 
 def test_every_node_declares_category_tooltips_ranges_and_outputs(comfy_host):
+    categories = {"DVA/model", "DVA/video", "DVA/encode", "DVA/edit"}
     for node_id, node in pack_nodes().items():
-        assert node_id.startswith("DVA") and node.CATEGORY == "DVA", node_id
-        assert callable(getattr(node, node.FUNCTION)), node_id
-        assert node.DESCRIPTION, node_id
-        declared = node.INPUT_TYPES()
-        assert set(declared) <= {"required", "optional"}, node_id
-        for section in declared.values():
-            for name, (kind, options) in section.items():
-                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
-                if kind in ("INT", "FLOAT"):
-                    assert options["min"] <= options["default"] <= options["max"], f"{node_id}.{name}"
-        if node.RETURN_TYPES:
-            assert len(node.RETURN_NAMES) == len(node.RETURN_TYPES) == len(node.OUTPUT_TOOLTIPS), node_id
-        else:
-            assert getattr(node, "OUTPUT_NODE", False), f"{node_id} returns nothing but is no output node"
+        schema = node.define_schema()
+        assert schema.node_id == node_id and node_id.startswith("DVA"), node_id
+        assert schema.category in categories and schema.display_name.startswith("DVA "), node_id
+        assert schema.description, node_id
+        for item in schema.inputs:
+            assert item.tooltip, f"{node_id}.{item.id} has no tooltip"
+            if item.io_type in ("INT", "FLOAT"):
+                assert item.options["min"] <= item.options["default"] <= item.options["max"], f"{node_id}.{item.id}"
+        for output in schema.outputs:
+            assert output.display_name and output.tooltip, f"{node_id} output {output.io_type}"
+        assert schema.outputs or schema.is_output_node, f"{node_id} returns nothing but is no output node"
+    assert {node.define_schema().category for node in pack_nodes().values()} == categories
 
 
 def test_model_folder_is_registered_and_keeps_extra_paths(comfy_host, monkeypatch):
@@ -89,7 +94,7 @@ def test_model_folder_is_registered_and_keeps_extra_paths(comfy_host, monkeypatc
 def test_loader_caches_one_model_per_file_precision_and_device(comfy_host, tiny_safetensors):
     loader = pack_nodes()["DVAModelLoader"]
     name = install(tiny_safetensors, comfy_host.models / "dva", "tiny.safetensors")
-    assert name in loader.INPUT_TYPES()["required"]["checkpoint"][0]
+    assert name in combo_options(loader, "checkpoint")
     with torch.inference_mode():  # as ComfyUI runs every node
         (first,) = loader.execute(name, "auto", "auto")
         (again,) = loader.execute(name, "fp32", "cpu")
@@ -102,6 +107,36 @@ def test_loader_caches_one_model_per_file_precision_and_device(comfy_host, tiny_
     assert first.patcher.model is first.model and first.model_id.startswith("tiny.safetensors")
     assert first.acquire() is first.model
     assert comfy_host.loads[-1]["models"] == [first.patcher] and comfy_host.loads[-1]["force_full_load"]
+
+
+def test_loader_dropdowns_list_only_files_of_their_kind(comfy_host, tiny_checkpoint, tiny_safetensors):
+    from test_workflows import _release_classifier
+
+    dva = comfy_host.models / "dva"
+    install(tiny_checkpoint, dva, "release/epoch=51-step=1000000.ckpt")
+    install(tiny_safetensors, dva, "dva.safetensors")
+    _release_classifier(dva / "release_cls" / "last.ckpt")
+    (dva / "latent.pkl").write_bytes(b"statistics")
+    nodes = pack_nodes()
+    assert combo_options(nodes["DVAModelLoader"], "checkpoint") == ["dva.safetensors", "release/epoch=51-step=1000000.ckpt"]
+    assert combo_options(nodes["DVAClassifierLoader"], "classifier") == ["release_cls/last.ckpt"]
+    assert combo_options(nodes["DVAClassifierLoader"], "latent_stats") == ["none", "latent.pkl"]
+
+
+def test_load_nodes_list_saved_files_of_their_kind_under_output_dva_only(comfy_host):
+    from dva_model.edit.clip_edit import IdentityDelta, save_delta
+    from dva_model.formats.latent_io import Latent, save_latent
+
+    z_id = torch.nn.functional.normalize(torch.randn(1, 512), dim=1)
+    latent = Latent(z_id=z_id, z_lnd=torch.rand(1, 102), x_T=torch.randn(1, 3, 8, 8), identity=z_id[0].clone(), steps=2,
+                    model_id="m", frame_names=("frame_000000",))
+    save_latent(comfy_host.output / "dva" / "latent_00001_.safetensors", latent)
+    save_latent(comfy_host.output / "elsewhere" / "latent_00002_.safetensors", latent)  # not walked
+    save_delta(comfy_host.output / "dva" / "clip_delta_00001_.safetensors",
+               IdentityDelta(delta=torch.zeros(512), source_text="a", target_text="b", info={}))
+    nodes = pack_nodes()
+    assert combo_options(nodes["DVALoadLatent"], "latent_file") == ["dva/latent_00001_.safetensors [output]"]
+    assert combo_options(nodes["DVALoadIdentityDelta"], "delta_file") == ["dva/clip_delta_00001_.safetensors [output]"]
 
 
 def test_missing_model_file_is_one_sentence_naming_the_folder(comfy_host):
@@ -158,6 +193,24 @@ def test_decode_moves_the_progress_bar_on_every_unet_call_and_cancels_within_one
         assert len(calls) == 1, "decoding must stop right after the UNet call during which Cancel came"
     finally:
         hook.remove()
+
+
+def test_encode_moves_one_progress_bar_on_every_feature_batch_and_unet_call(comfy_host, tiny_model):
+    import numpy as np
+
+    model, steps, count = _handle(tiny_model), 2, 2
+    faces = types.SimpleNamespace(crops=torch.rand(count, 3, 256, 256) * 2 - 1, config=types.SimpleNamespace(size=256),
+                                  indices=range(count), face_rows=np.arange(count))
+    calls = []
+    hook = tiny_model.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.inference_mode():
+            (latent,) = pack_nodes()["DVAEncode"].execute(model, faces, steps, 1)
+    finally:
+        hook.remove()
+    assert latent.x_T.shape == (count, 3, 256, 256)
+    (total, values), = [bar for bar in comfy_host.bars if bar[1]]
+    assert values == list(range(1, total + 1)) and total == count + len(calls), "one step per batch and per UNet call"
 
 
 def test_decode_refuses_an_encoding_of_another_model(comfy_host, small_model):
@@ -238,13 +291,13 @@ def test_saved_latent_is_listed_and_loads_back_unchanged(comfy_host):
     latent = Latent(z_id=z_id, z_lnd=torch.rand(2, 102), x_T=torch.randn(2, 3, 16, 16), identity=z_id.mean(0),
                     steps=10, model_id="m.ckpt:1", frame_names=("frame_000000", "frame_000001"))
     saved = nodes["DVASaveLatent"].execute(latent, "dva/clip")
-    (item,) = saved["ui"]["files"]
+    (item,) = saved.ui["files"]
     name = f"{item['subfolder']}/{item['filename']} [output]"
-    assert name in nodes["DVALoadLatent"].INPUT_TYPES()["required"]["latent_file"][0]
-    assert nodes["DVALoadLatent"].VALIDATE_INPUTS(name) is True
+    assert name in combo_options(nodes["DVALoadLatent"], "latent_file")
+    assert nodes["DVALoadLatent"].validate_inputs(name) is True
     (loaded,) = nodes["DVALoadLatent"].execute(name)
     assert torch.equal(loaded.x_T, latent.x_T) and loaded.steps == 10 and loaded.model_id == "m.ckpt:1"
-    assert "upload it first" in nodes["DVALoadLatent"].VALIDATE_INPUTS("missing.safetensors")
+    assert "upload it first" in nodes["DVALoadLatent"].validate_inputs("missing.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,9 +326,10 @@ def test_video_load_validates_the_file_and_reads_the_selection(comfy_host):
     from media import single_face_video
 
     node = pack_nodes()["DVAVideoLoad"]
-    assert "upload it first" in node.VALIDATE_INPUTS("nope.mp4")
+    assert "upload it first" in node.validate_inputs("nope.mp4")
+    assert node.validate_inputs("nope.mp4", input_types={"source_video": "VIDEO"}) is True
     name = install(single_face_video(), comfy_host.input, "clip.mp4")
-    assert name in node.INPUT_TYPES()["required"]["video"][0]
+    assert name in combo_options(node, "video")
     frames, fps, audio, count = node.execute(name, 10, 3, 2, 1.0)
     assert frames.shape == (3, 360, 640, 3) and count == 3 and frames.dtype == torch.float32
     assert fps == pytest.approx(15.0)
@@ -284,7 +338,7 @@ def test_video_load_validates_the_file_and_reads_the_selection(comfy_host):
     assert abs(audio["waveform"].shape[-1] - rate * 6 / 30) <= rate * 0.05  # frames 10..15 at 30 fps: 0.2 s
     with pytest.raises(ValueError, match="GiB"):
         node.execute(name, 0, 0, 1, 0.1)
-    assert node.IS_CHANGED(name) == node.IS_CHANGED(name)
+    assert node.fingerprint_inputs(name) == node.fingerprint_inputs(name)
 
 
 def test_paste_back_refuses_frames_that_do_not_match_the_alignment(comfy_host):
@@ -294,9 +348,54 @@ def test_paste_back_refuses_frames_that_do_not_match_the_alignment(comfy_host):
                                   crops=torch.zeros(1, 3, 4, 4), config=types.SimpleNamespace(size=4))
     with pytest.raises(ValueError, match="got 3 frames but the alignment has 2"):
         _check_sizes(torch.zeros(3, 6, 8, 3), faces, torch.zeros(1, 3, 4, 4))
-    with pytest.raises(ValueError, match="Expected 1 crops of 4x4"):
+    with pytest.raises(ValueError, match=r"Expected 1 crops \(one per frame with a face\), got 2"):
         _check_sizes(torch.zeros(2, 6, 8, 3), faces, torch.zeros(2, 3, 4, 4))
     _check_sizes(torch.zeros(2, 6, 8, 3), faces, torch.zeros(1, 3, 4, 4))
+
+
+def test_paste_back_takes_a_mask_crops_of_another_size_and_returns_a_video(comfy_host):
+    import numpy as np
+
+    from dva_model.face.align import quads_from_axes
+
+    size, count = 16, 2
+    quads = quads_from_axes(np.array([[24.0, 16.0]] * count), np.array([[6.0, 0.0]] * count),
+                            np.array([[0.0, 6.0]] * count))  # a 12 px square around (24, 16)
+    faces = types.SimpleNamespace(has_face=np.array([True, True]), face_rows=np.array([0, 1]), indices=range(count),
+                                  quads=quads, crops=torch.zeros(count, 3, size, size), info=types.SimpleNamespace(
+                                      width=48, height=32), config=types.SimpleNamespace(size=size))
+    frames = torch.zeros(count, 32, 48, 3)
+    crops = torch.ones(count, 24, 24, 3)  # white, and larger than the alignment's 16 px
+    model = types.SimpleNamespace(device=torch.device("cpu"))  # the face parser is not used with a mask
+    node = pack_nodes()["DVAPasteBack"]
+    audio = {"waveform": torch.zeros(1, 2, 100), "sample_rate": 1000}
+    with torch.inference_mode():
+        out, alpha, video = node.execute(frames, faces, crops, model, "release", False, 0, 0.0, 0.0, "frame",
+                                         fps=25.0, mask=torch.ones(1, 8, 8), audio=audio)
+    assert out.shape == frames.shape and alpha.shape == (count, 32, 48)
+    assert out[:, 16, 24].min() > 0.99 and alpha[:, 16, 24].min() > 0.99, "the white crop is pasted in the square"
+    assert torch.equal(out[:, :, :10], frames[:, :, :10]) and float(alpha[:, :, :10].max()) == 0
+    components = video.get_components()
+    assert components.images is out and components.frame_rate == 25 and components.audio is audio
+    assert comfy_host.bars[-1] == (count, [count]), "one composite chunk, reported"
+    with pytest.raises(ValueError, match=r"one MASK per edited crop \(2\) or a single one, got shape \(3, 8, 8\)"):
+        node.execute(frames, faces, crops, model, "release", False, 0, 0.0, 0.0, "frame", mask=torch.ones(3, 8, 8))
+
+
+def test_face_parsing_reports_progress_per_batch_and_cancels(comfy_host, tiny_model):
+    from dva_model.face.paste import PasteConfig
+    from dva_model.pipeline import EditConfig, paste_masks
+    from nodes._host import progress_callback
+
+    crops = torch.rand(3, 3, 256, 256) * 2 - 1
+    config = EditConfig(batch_size=1, paste=PasteConfig.from_preset("release", union_edited=True))
+    masks = paste_masks(tiny_model, crops, crops, [0, 1, 2], config=config, callback=progress_callback())
+    assert masks.shape == (3, 1, 256, 256)
+    assert comfy_host.bars[-1] == (6, [1, 2, 3, 4, 5, 6]), "both parsing passes, one step per batch"
+    comfy_host.interrupt_after = comfy_host.checks + 2
+    with pytest.raises(InterruptProcessingException):
+        paste_masks(tiny_model, crops, crops, [0, 1, 2], config=config, callback=progress_callback())
+    assert comfy_host.bars[-1][1][-1] == 2, "parsing stopped at the Cancel"
 
 
 def test_image_layout_conversion_round_trips(comfy_host):

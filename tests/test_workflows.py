@@ -1,8 +1,8 @@
 """Every shipped workflow is checked against the nodes' declared inputs and outputs, and runs.
 
-- API format (workflows/api/*.json, what POST /prompt takes): class types exist, required inputs are
+- API format (example_workflows/api/*.json, what POST /prompt takes): class types exist, required inputs are
   set, links point at existing outputs of the right type, widget values are allowed.
-- UI format (workflows/*.json, drag-and-drop / template browser): its links agree with its nodes'
+- UI format (example_workflows/*.json, drag-and-drop / template browser): its links agree with its nodes'
   slots and it describes the same graph, with the same values, as its API twin.
 - The attribute-edit graph runs end to end in-process (fake ComfyUI host, core video nodes replaced
   by stand-ins) on a real clip with a tiny random checkpoint in the released file format.
@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from comfy_api_fake import NodeOutput
 from comfy_fakes import install
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO / "workflows"
-API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
+WORKFLOWS = REPO / "example_workflows"
+API_FOLDER = WORKFLOWS / "api"
+API_WORKFLOWS = sorted(API_FOLDER.glob("*.json"))
 UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # UI-only nodes, never sent to /prompt
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -32,12 +34,6 @@ FILE_INPUTS = {("DVAModelLoader", "checkpoint"), ("DVAClassifierLoader", "classi
 # The core nodes the workflows use, as ComfyUI 0.3.6x's /object_info declares them (checked against a
 # real server in tests/test_comfy_server.py).
 CORE_NODES = {
-    "CreateVideo": {
-        "input": {"required": {"images": ["IMAGE", {}], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0}]},
-                  "optional": {"audio": ["AUDIO", {}]}},
-        "input_order": {"required": ["images", "fps"], "optional": ["audio"]},
-        "output": ["VIDEO"], "output_name": ["VIDEO"], "output_node": False,
-    },
     "SaveVideo": {
         "input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
                                "format": ["COMBO", {"options": ["auto", "mp4"]}],
@@ -45,25 +41,30 @@ CORE_NODES = {
         "input_order": {"required": ["video", "filename_prefix", "format", "codec"]},
         "output": [], "output_name": [], "output_node": True,
     },
+    "PreviewImage": {
+        "input": {"required": {"images": ["IMAGE", {}]}},
+        "input_order": {"required": ["images"]},
+        "output": [], "output_name": [], "output_node": True,
+    },
+    "MaskPreview": {
+        "input": {"required": {"mask": ["MASK", {}]}},
+        "input_order": {"required": ["mask"]},
+        "output": [], "output_name": [], "output_node": True,
+    },
 }
 
 
 def node_info(node) -> dict:
-    """A V1 node class described as ComfyUI's /object_info describes it."""
-    declared = node.INPUT_TYPES()
-    return {
-        "input": declared,
-        "input_order": {section: list(inputs) for section, inputs in declared.items()},
-        "output": list(node.RETURN_TYPES),
-        "output_name": list(getattr(node, "RETURN_NAMES", node.RETURN_TYPES)),
-        "output_node": getattr(node, "OUTPUT_NODE", False),
-    }
+    """A V3 node class described as ComfyUI's /object_info describes it."""
+    from comfy_api_fake import v1_info
+
+    return v1_info(node)
 
 
 def pack_info() -> dict:
     import nodes
 
-    return {name: node_info(node) for name, node in nodes.NODE_CLASS_MAPPINGS.items()}
+    return {name: node_info(node) for name, node in nodes.NODES_BY_ID.items()}
 
 
 def _kind(spec) -> str:
@@ -162,14 +163,14 @@ def ui_to_api(workflow: dict, info: dict) -> dict:
         spec = info[node["type"]]
         inputs, values = {}, list(node.get("widgets_values", []))
         slots = {entry["name"]: (index, entry) for index, entry in enumerate(node.get("inputs", []))}
+        uploads = 0
         for section in ("required", "optional"):
             for name in spec["input_order"].get(section, []):
                 declared = spec["input"][section][name]
                 if _kind(declared) in WIDGET_TYPES:
                     assert values, f"UI node {node['id']} ({node['type']}) has too few widget values"
                     inputs[name] = values.pop(0)
-                    if any(_options(declared).get(flag) for flag in UPLOAD_FLAGS):
-                        values.pop(0)  # the upload button's own widget value
+                    uploads += any(_options(declared).get(flag) for flag in UPLOAD_FLAGS)
                 if name in slots and slots[name][1].get("link") is not None:
                     index, entry = slots[name]
                     link_id, source, source_slot, target, target_slot, kind = links[entry["link"]]
@@ -177,7 +178,8 @@ def ui_to_api(workflow: dict, info: dict) -> dict:
                     assert link_id in (by_id[source]["outputs"][source_slot]["links"] or []), f"link {link_id} not on its output"
                     assert kind == by_id[source]["outputs"][source_slot]["type"] == spec_output(info, by_id[source], source_slot)
                     inputs[name] = [str(source), source_slot]
-        assert not values, f"UI node {node['id']} ({node['type']}) has extra widget values {values}"
+        # The frontend adds an upload button after all the node's inputs and stores its value last.
+        assert values == ["image"] * uploads, f"UI node {node['id']} ({node['type']}) has extra widget values {values}"
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
@@ -229,37 +231,36 @@ def test_the_checker_catches_a_mistyped_link_and_a_bad_value(comfy_host):
 # The graph, end to end, in-process
 
 
-class _CreateVideo:
-    """Stand-in for core CreateVideo: bundles the frames, fps and audio."""
-
-    FUNCTION = "execute"
-
-    @classmethod
-    def execute(cls, images, fps, audio=None):
-        return ({"images": images, "fps": fps, "audio": audio},)
-
-
 class _SaveVideo:
-    """Stand-in for core SaveVideo: writes an MP4 with the library's writer."""
-
-    FUNCTION = "execute"
+    """Stand-in for core SaveVideo: writes a VIDEO's frames as MP4 with the library's writer."""
 
     @classmethod
     def execute(cls, video, filename_prefix, format, codec):
         import folder_paths
         from dva_model.formats.video import write_video
 
+        components = video.get_components()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
         path = Path(folder) / f"{name}_{counter:05}_.mp4"
-        write_video(path, video["images"], fps=Fraction(video["fps"]).limit_denominator(1000))
-        return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}]}}
+        write_video(path, components.images, fps=Fraction(components.frame_rate).limit_denominator(1001))
+        return NodeOutput(ui={"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
+                              "video": [components]})
+
+
+class _Preview:
+    """Stand-in for core PreviewImage / MaskPreview: reports what it was shown."""
+
+    @classmethod
+    def execute(cls, images=None, mask=None):
+        return NodeOutput(ui={"shown": [images if mask is None else mask]})
 
 
 def run_in_process(prompt: dict) -> dict:
-    """Execute an API-format workflow the way ComfyUI does, node by node; returns every node's outputs."""
+    """Execute an API-format workflow the way ComfyUI does, node by node; returns every node's NodeOutput."""
     import nodes
 
-    classes = {**nodes.NODE_CLASS_MAPPINGS, "CreateVideo": _CreateVideo, "SaveVideo": _SaveVideo}
+    classes = {**nodes.NODES_BY_ID, "SaveVideo": _SaveVideo,
+               "PreviewImage": _Preview, "MaskPreview": _Preview}
     results = {}
     for node_id in topological_order(prompt):
         node = prompt[node_id]
@@ -267,8 +268,8 @@ def run_in_process(prompt: dict) -> dict:
         inputs = {name: results[value[0]][value[1]] if isinstance(value, list) else value
                   for name, value in node["inputs"].items()}
         with torch.inference_mode():  # as ComfyUI runs every node
-            output = getattr(cls(), cls.FUNCTION)(**inputs)
-        results[node_id] = output.get("result", ()) + (output.get("ui"),) if isinstance(output, dict) else output
+            output = cls.execute(**inputs)
+        results[node_id] = output
     return results
 
 
@@ -302,7 +303,7 @@ def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_ch
     frames, fps, audio, count = results["2"]
     faces, aligned = results["3"]
     edited_crops = results["8"][0]
-    pasted, mask = results["9"]
+    pasted, mask, video = results["9"]
     assert count == 2 and frames.shape == (2, 360, 640, 3) and fps == 30.0 and audio["sample_rate"] > 0
     assert faces.has_face.all() and aligned.shape == edited_crops.shape == (2, 256, 256, 3)
     assert pasted.shape == frames.shape and mask.shape == (2, 360, 640)
@@ -310,10 +311,14 @@ def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_ch
     assert outside.float().mean() > 0.5, "the face covers a small part of the frame"
     assert torch.equal(pasted[outside], frames[outside]), "pixels outside the paste mask must be the input's"
     assert (pasted - frames).abs().amax(dim=-1)[mask > 0.5].mean() > 1e-3, "the edited face was not pasted"
+    components = video.get_components()
+    assert components.images is pasted and components.audio is audio and components.frame_rate == 30
     latent = results["4"][0]
     assert latent.x_T.shape == (2, 3, 256, 256) and latent.steps == 2
     assert not torch.equal(results["7"][0].edited(), latent.identity), "scale 0.5 must change the identity"
-    (saved,) = results["11"][-1]["images"]
+    (shown,) = results["14"].ui["shown"]
+    assert torch.equal(shown, mask), "the mask preview shows Paste Back's mask"
+    (saved,) = results["11"].ui["images"]
     written = probe(comfy_host.output / saved["subfolder"] / saved["filename"])
     assert (written.frame_count, written.width, written.height) == (2, 640, 360)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run an API-format workflow on a running ComfyUI server through its HTTP API (standard library only).
 
-    python tools/run_workflow.py workflows/attribute_edit.api.json --video clip.mp4 \
+    python tools/run_workflow.py example_workflows/api/attribute_edit.json --video clip.mp4 \
         --set scale=0.4 --set checkpoint=dva.safetensors --out edited.mp4
 
 Steps: upload the video (POST /upload/image, which stores any file in ComfyUI's input folder), put
@@ -237,11 +237,12 @@ def cached_nodes(history: Dict[str, Any]) -> List[str]:
 
 
 def output_files(history: Dict[str, Any]) -> List[Dict[str, str]]:
-    """Every file the output nodes reported ({filename, subfolder, type})."""
+    """Every file the output nodes saved ({filename, subfolder, type}); previews (type "temp") are left out."""
     files = []
     for node_output in history.get("outputs", {}).values():
         for key in OUTPUT_KEYS:
-            files += [item for item in node_output.get(key, []) if isinstance(item, dict) and "filename" in item]
+            files += [item for item in node_output.get(key, [])
+                      if isinstance(item, dict) and "filename" in item and item.get("type", "output") == "output"]
     return files
 
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
+from dva_model.constants import DVA_MODEL_FORMAT
 from dva_model.nets import face_encoder
 from dva_model.errors import ModelFileError
 from dva_model.formats.files import read_safetensors, write_safetensors
@@ -37,7 +38,7 @@ PathLike = Union[str, os.PathLike]
 RELEASE_EMA_PREFIX = "ema_model."
 RELEASE_TRAIN_PREFIX = "model."
 RELEASE_ENCODER_PREFIX = "encoder."
-SAFETENSORS_FORMAT = "dva-model/1"
+SAFETENSORS_FORMAT = DVA_MODEL_FORMAT
 RELEASE_URL = "https://github.com/gmkim-ai/Diffusion-Video-Autoencoders (checkpoints/diffusion_video_autoencoder)"
 
 # Release TrainConfig fields that leave no trace in tensor shapes -> UNetConfig.from_state_dict arguments.
