@@ -53,6 +53,8 @@ class DVAEncode(io.ComfyNode):
         if faces.config.size != dva.image_size:
             raise ValueError(f"The model works on {dva.image_size}px crops but DVA Face Align made "
                              f"{faces.config.size}px ones; set its crop_size to {dva.image_size}.")
+        if not hasattr(faces, "crops"):  # VIDEO-tracked faces: stream into a latent file
+            return io.NodeOutput(encode_to_file(dva, faces, steps, batch, model.model_id, bar))
         # One bar for the whole node: the feature batches, then every UNet call of the inversion.
         chunks = -(-len(faces.crops) // batch)  # feature batches (encode_features reports one per batch)
         total = chunks + inversion_calls(steps, len(faces.crops), batch)
@@ -63,6 +65,20 @@ class DVAEncode(io.ComfyNode):
         names = tuple(f"frame_{faces.indices[row]:06d}" for row in faces.face_rows)
         return io.NodeOutput(EncodedClip(z_id=z_id.cpu(), z_lnd=z_lnd.cpu(), x_T=x_T.cpu(), identity=identity.cpu(),
                                          steps=steps, model_id=model.model_id, frame_names=names))
+
+
+def encode_to_file(dva, faces, steps, batch, model_id, callback):
+    """The clip's crops, features and x_T in a latent file under ComfyUI's temp folder, by path."""
+    from dva_model.formats.latent_io import StoredLatent
+    from dva_model.pipeline import encode_to_latent_file
+
+    from ._host import temp_file
+
+    path = temp_file("latent", LATENT_SUFFIX)
+    file = encode_to_latent_file(faces.info.path, faces, dva, path, steps=steps, selection=faces.selection,
+                                 batch_size=batch, model_id=model_id, stage_progress=lambda _stage: callback)
+    file.close()
+    return StoredLatent(path)
 
 
 class DVASaveLatent(io.ComfyNode):
@@ -91,7 +107,14 @@ class DVASaveLatent(io.ComfyNode):
         from dva_model.formats.latent_io import save_latent
 
         path, name, subfolder = output_path(filename_prefix, LATENT_SUFFIX)
-        save_latent(path, latent)
+        if hasattr(latent, "open"):  # a file-backed encoding: copy it, crops included, without loading it
+            import shutil
+
+            from dva_model.formats.files import write_atomically
+
+            write_atomically(path, lambda tmp: shutil.copyfile(latent.path, tmp))
+        else:
+            save_latent(path, latent)
         return io.NodeOutput(ui={"files": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
 
 
