@@ -188,6 +188,18 @@ def input_files(*suffixes: str) -> list:
     return sorted(n for n in names if n.lower().endswith(suffixes))
 
 
+def temp_file(stem: str, suffix: str) -> Path:
+    """A new, unique file name under ComfyUI's temp folder (``dva/``) for a file-backed wire (an encoding,
+    an edited video); ComfyUI empties that folder when it starts."""
+    import uuid
+
+    import folder_paths
+
+    folder = Path(folder_paths.get_temp_directory()) / "dva"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{stem}_{uuid.uuid4().hex[:12]}{suffix}"
+
+
 def input_path(name: str) -> Path:
     """Absolute path of an input-folder file (``name`` may carry ComfyUI's ``[input]`` annotation)."""
     import folder_paths

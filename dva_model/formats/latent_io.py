@@ -31,11 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dva_model.constants import ID_DIM, LANDMARK_DIM
+from dva_model.constants import ID_DIM, LANDMARK_DIM, LATENT_FORMAT
 from dva_model.errors import UserError
 from dva_model.formats.files import DEFAULT_FILE_MODE, write_safetensors
 
-LATENT_FORMAT = "dva-latent/1"
 ROW_TENSORS = ("z_id", "z_lnd", "x_T", "crops")  # one row per frame; "crops" is optional
 FLOAT32_BYTES = 4
 HEADER_LENGTH_BYTES = 8  # safetensors: a little-endian u64 header length, the JSON header, the data
