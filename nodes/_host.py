@@ -286,6 +286,16 @@ def progress_callback() -> Callable[[int, int], None]:
     return callback
 
 
+def cancel_check() -> Callable[[int, int], None]:
+    """A library callback that only cancels (for a stage that runs beside another one's progress bar)."""
+    import comfy.model_management as mm
+
+    def callback(_done: int, _total: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+
+    return callback
+
+
 def intermediate_device() -> torch.device:
     """Where IMAGE / MASK tensors travel between nodes (the CPU in ComfyUI)."""
     import comfy.model_management as mm

@@ -9,9 +9,8 @@ in memory. It needs the file-backed wires that a VIDEO-tracked DVA Face Align an
 
 from comfy_api.v0_0_2 import io
 
-from ._host import progress_callback, require_all, temp_file
+from ._host import cancel_check, progress_callback, require_all, temp_file
 from .encode import frames_per_call_input
-from .paste import COMPOSITES
 from .types import CATEGORY_VIDEO, Faces, IdentityType, Latent, Model
 
 NODE = "DVA Decode + Paste to Video"
@@ -25,7 +24,7 @@ class DVADecodePasteVideo(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from dva_model.face.paste import MASK_PRESETS
+        from dva_model.face.paste import COMPOSITES, MASK_PRESETS
 
         return io.Schema(
             node_id="DVADecodePasteVideo", display_name=NODE, category=CATEGORY_VIDEO,
@@ -79,7 +78,7 @@ class DVADecodePasteVideo(io.ComfyNode):
         with latent.open() as file:
             render_video(faces.info.path, out, faces, file, dva, identity.edited(), selection=faces.selection,
                          paste=paste, batch_size=batch, chunk_frames=max(batch, CHUNK_FRAMES), decode_callback=callback,
-                         paste_callback=callback)
+                         paste_callback=cancel_check())  # pasting overlaps decoding: one bar, of the UNet calls
         return io.NodeOutput(InputImpl.VideoFromFile(str(out)))
 
 
