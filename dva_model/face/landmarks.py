@@ -192,6 +192,7 @@ class FaceAlignmentBackend:
 
     def __init__(self, *, device: str = "cpu") -> None:
         face_alignment = _import_face_alignment()
+        check_face_alignment_weights()
         kind = getattr(face_alignment.LandmarksType, "TWO_D", None) or face_alignment.LandmarksType._2D
         # face-alignment 1.5 compiles FAN with torch.compile unless told not to (slow and fragile on CPU).
         accepts_compile = "compile" in inspect.signature(face_alignment.FaceAlignment).parameters
@@ -209,6 +210,25 @@ class FaceAlignmentBackend:
         if not found:
             raise NoFaceError("face-alignment gave no landmarks for a detected face box.")
         return np.asarray(found[0][:, :2], dtype=np.float64)
+
+
+def check_face_alignment_weights() -> None:
+    """Refuse to build face-alignment's models when their weights are not in its cache, where the package
+    would download them unasked: the file names come from the installed package's own URL tables."""
+    from urllib.parse import urlparse
+
+    import torch.hub
+    from face_alignment.api import models_urls as fan_urls
+    from face_alignment.detection.sfd.sfd_detector import models_urls as sfd_urls
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    for url in (fan_urls["2DFAN-4"], sfd_urls["s3fd"]):
+        name = Path(urlparse(url).path).name
+        if not (folder / name).is_file():
+            raise ModelFileError(
+                f"face-alignment's weights {name} are not in {folder}; download {url} into that folder "
+                f"(or set TORCH_HOME), or choose the dlib backend."
+            )
 
 
 def find_insightface_detector(models_dir: PathLike) -> Path:
