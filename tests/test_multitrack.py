@@ -178,3 +178,14 @@ def test_short_misses_are_filled_long_ones_end_the_track_and_a_far_face_is_someo
 def test_no_face_anywhere_is_an_error():
     with pytest.raises(NoFaceError, match=r"^No face was found in the 3 frames of the video"):
         _scripted([[], [], []])
+
+
+def test_a_foreign_or_missing_recogniser_file_is_refused_in_one_sentence(tmp_path):
+    from dva_model.errors import ModelFileError
+
+    foreign = tmp_path / "dlib_face_recognition_resnet_model_v1.dat"
+    foreign.write_bytes(b"not a dlib model" * 64)
+    with pytest.raises(ModelFileError, match=r"dlib_face_recognition_resnet_model_v1.dat is not dlib's face recognition model \("):
+        DlibRecogniser(foreign)
+    with pytest.raises(ModelFileError, match=r"missing.dat does not exist; it should be dlib's face recognition model"):
+        DlibRecogniser(tmp_path / "missing.dat")

@@ -115,6 +115,17 @@ def import_dlib():
     return dlib
 
 
+def load_dlib_model(factory: Callable, path: PathLike, what: str):
+    """``factory(path)`` for one of dlib's model files, with one sentence when the file is missing or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} does not exist; it should be {what}, check the path.")
+    try:
+        return factory(str(path))
+    except RuntimeError as error:
+        raise ModelFileError(f"{path} is not {what} ({error}).") from error
+
+
 class DlibDetector:
     """dlib's HOG frontal-face detector (what the published pipeline uses).
 
@@ -159,13 +170,7 @@ class DlibLandmarks:
 
     def __init__(self, model_path: PathLike) -> None:
         dlib = import_dlib()
-        path = Path(model_path)
-        if not path.is_file():
-            raise ModelFileError(f"dlib landmark model {path} does not exist; check the path.")
-        try:
-            self._predictor = dlib.shape_predictor(str(path))
-        except RuntimeError as error:
-            raise ModelFileError(f"{path} is not a dlib shape predictor file ({error}).") from error
+        self._predictor = load_dlib_model(dlib.shape_predictor, model_path, "a dlib shape predictor file")
         self._rectangle = dlib.rectangle
 
     def landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:

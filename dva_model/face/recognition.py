@@ -14,8 +14,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from dva_model.errors import ModelFileError, NoFaceError
-from dva_model.face.landmarks import FaceLandmarker, find_dlib_file, import_dlib
+from dva_model.errors import NoFaceError
+from dva_model.face.landmarks import FaceLandmarker, find_dlib_file, import_dlib, load_dlib_model
 
 PathLike = Union[str, os.PathLike]
 
@@ -30,12 +30,7 @@ class DlibRecogniser:
     def __init__(self, model_path: Optional[PathLike] = None, *, models_dir: Optional[PathLike] = None) -> None:
         dlib = import_dlib()
         path = Path(model_path) if model_path is not None else find_dlib_file(DLIB_RECOGNITION_FILE, models_dir)
-        if not path.is_file():
-            raise ModelFileError(f"dlib face recognition model {path} does not exist; check the path.")
-        try:
-            self._net = dlib.face_recognition_model_v1(str(path))
-        except RuntimeError as error:
-            raise ModelFileError(f"{path} is not dlib's face recognition model ({error}).") from error
+        self._net = load_dlib_model(dlib.face_recognition_model_v1, path, "dlib's face recognition model")
         self._dlib = dlib
 
     def describe(self, image: np.ndarray, box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
