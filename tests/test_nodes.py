@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from comfy_fakes import InterruptProcessingException, combo_options, install, model_handle as _handle, pack_nodes
@@ -392,3 +393,26 @@ def test_image_layout_conversion_round_trips(comfy_host):
     assert torch.allclose(crops_to_image(crops), image, atol=1e-6)
     with pytest.raises(ValueError, match=r"Expected an IMAGE batch \[N, H, W, 3\]"):
         image_to_crops(torch.rand(2, 3, 5, 7))
+
+
+def test_encode_drives_one_bar_through_features_and_every_unet_call(comfy_host, tiny_model):
+    """DVA Encode: one ProgressBar from the first feature batch to the last inversion call, never
+    restarting between the two stages, and moving on every UNet call."""
+    from dva_model.face.align import AlignConfig
+    from dva_model.tracks import AlignedClip
+
+    frames, steps = 2, 3
+    crops = torch.rand(frames, 3, tiny_model.image_size, tiny_model.image_size, generator=torch.Generator().manual_seed(5))
+    faces = AlignedClip(info=None, indices=range(frames), track=None, quads=np.zeros((frames, 4, 2)),
+                        has_face=np.ones(frames, bool), config=AlignConfig(size=tiny_model.image_size),
+                        crops=crops * 2 - 1)
+    calls = []
+    hook = tiny_model.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        (latent,) = pack_nodes()["DVAEncode"].execute(_handle(tiny_model), faces, steps, 1)
+    finally:
+        hook.remove()
+    assert latent.x_T.shape == (frames, 3, tiny_model.image_size, tiny_model.image_size)
+    assert len(calls) == frames * (steps - 1), "one frame per call, S - 1 inversion steps"
+    # Units: a frame per feature batch (2), then a frame per inversion step (2 x 2): one bar of 6.
+    assert comfy_host.bars[-1] == (6, [1, 2, 3, 4, 5, 6])
