@@ -19,48 +19,11 @@ import json
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 STAGES = ("decode video", "detect", "align/warp", "encode", "edit", "invert", "decode", "parse", "paste", "write")
-
-
-class StageClock:
-    """Accumulates seconds per stage; ``wrap`` times a function, ``wrap_iterator`` each ``next`` of an iterator."""
-
-    def __init__(self, device: str):
-        self.seconds, self.device = defaultdict(float), device
-
-    def _sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def wrap(self, stage: str, fn):
-        def timed(*args, **kwargs):
-            self._sync()
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._sync()
-                self.seconds[stage] += time.perf_counter() - start
-        return timed
-
-    def wrap_iterator(self, stage: str, fn):
-        def iterate(*args, **kwargs):
-            iterator = iter(fn(*args, **kwargs))
-            while True:
-                start = time.perf_counter()
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    return
-                finally:
-                    self.seconds[stage] += time.perf_counter() - start
-                yield item
-        return iterate
 
 
 def instrument(clock: StageClock, model, landmarker) -> None:
@@ -81,12 +44,12 @@ def instrument(clock: StageClock, model, landmarker) -> None:
 
 
 def run_one(args) -> dict:
-    """One setting in this process: load, instrument, edit, report seconds per frame."""
+    """One setting in this process: load, instrument, edit; returns seconds per stage and what they count."""
     from dva_model.face.landmarks import make_landmarker
     from dva_model.formats.checkpoint import load_model
     from dva_model.formats.video import FrameSelection
     from dva_model.pipeline import EditConfig, edit_video
-    from benchmark import REFERENCE_BATCH, peak_memory, prepare, unet_flops, warm_up
+    from benchmark import REFERENCE_BATCH, StageClock, peak_memory, prepare, unet_flops, warm_up
 
     reference = args.role == "reference"
     model = load_model(args.checkpoint, device=args.device)
@@ -94,7 +57,7 @@ def run_one(args) -> dict:
         prepare(model, args)
     batch = REFERENCE_BATCH if reference else args.batch_size
     warm = warm_up(model, torch.zeros(batch, 3, model.image_size, model.image_size), batch, args.device)
-    compile_s = 0.0 if reference else warm  # the reference's warm-up only settles the allocator / cuDNN
+    compiles = not reference and (args.compile or args.cuda_graphs)
     landmarker = make_landmarker(detector="dlib", landmarks="dlib")
     if not reference and args.detect_every > 1:
         from dva_model.face.keyframe import keyframe_landmarker
@@ -105,18 +68,14 @@ def run_one(args) -> dict:
     start = time.perf_counter()
     result = edit_video(args.video, args.out, model, landmarker, config=EditConfig(
         steps=args.steps, batch_size=batch, lossless=True), selection=FrameSelection(max_frames=args.max_frames))
-    total = time.perf_counter() - start
-    frames = result.frames
-    stage_seconds = {stage: clock.seconds.get(stage, 0.0) for stage in STAGES}
-    unet_s = stage_seconds["invert"] + stage_seconds["decode"]
-    frame_forwards = result.edited * (2 * args.steps - 1)
-    flops = unet_flops(model, model.image_size, args.device)
+    seconds = {stage: clock.seconds.get(stage, 0.0) for stage in STAGES}
     return {
-        "role": args.role, "mode": "eager" if reference else model.runner.options.describe(),
-        "precision": "fp32" if reference else args.precision, "batch_size": batch, "frames": frames,
-        "s_per_frame": {**{k: v / frames for k, v in stage_seconds.items()}, "total": total / frames},
-        "unet_ms_per_frame_forward": 1000 * unet_s / frame_forwards,
-        "tflop_per_s": flops * frame_forwards / unet_s / 1e12, "compile_s": compile_s, **peak_memory(args.device),
+        "seconds": {**seconds, "total": time.perf_counter() - start}, "frames": result.frames,
+        "edited": result.edited, "flops": unet_flops(model, model.image_size, args.device),
+        "mode": "eager" if reference else model.runner.options.describe(),
+        "precision": "fp32" if reference else args.precision, "batch_size": batch,
+        "compile_s": warm if compiles else 0.0,  # the reference's warm-up only settles the allocator / cuDNN
+        **peak_memory(args.device),
     }
 
 
@@ -131,33 +90,40 @@ def frame_difference(a: Path, b: Path) -> int:
 
 
 def run_edit(args) -> dict:
+    """Both settings alternately, each run in its own process (so its peak memory is its own)."""
+    from benchmark import ROLES, print_table, summarize
+
     if args.role:
         return run_one(args)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for role in ("reference", "ours"):
-        out = args.work / f"{role}.mp4"
-        command = [sys.executable, __file__.replace("benchmark_edit.py", "benchmark.py"), *sys.argv[1:],
-                   "--role", role, "--out", str(out)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"the {role} run failed:\n{done.stderr[-3000:]}")
-        results[role] = json.loads(done.stdout)
-    results["output_difference_levels"] = frame_difference(args.work / "ours.mp4", args.work / "reference.mp4")
-    results["speedup_total"] = results["reference"]["s_per_frame"]["total"] / results["ours"]["s_per_frame"]["total"]
+    runs = {role: [] for role in ROLES}
+    for _ in range(args.repeat):
+        for role in ROLES:
+            out = args.work / f"{role}.mp4"
+            command = [sys.executable, __file__.replace("benchmark_edit.py", "benchmark.py"), *sys.argv[1:],
+                       "--role", role, "--out", str(out)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"the {role} run failed:\n{done.stderr[-3000:]}")
+            runs[role].append(json.loads(done.stdout))
+    first = runs["ours"][0]
+    frame_forwards = first["edited"] * (2 * args.steps - 1)
+    results = {"video": str(args.video), "frames": first["frames"], "edited": first["edited"], "steps": args.steps,
+               **summarize({role: [r["seconds"] for r in runs[role]] for role in ROLES}, frames=first["frames"],
+                           frame_forwards=frame_forwards, flops=first["flops"])}
+    for role in ROLES:
+        last = runs[role][-1]
+        results["runs"][role].update({key: last[key] for key in ("mode", "precision", "batch_size")})
+        results["runs"][role]["compile_s"] = max(r["compile_s"] for r in runs[role])
+        for key in ("peak_host_gb", "peak_device_gb"):
+            if key in last:
+                results["runs"][role][key] = max(r[key] for r in runs[role])
+    with_compile = runs["ours"][0]["seconds"]["total"] + runs["ours"][0]["compile_s"]
+    results["speedup_with_compile"] = runs["reference"][0]["seconds"]["total"] / with_compile
+    results["output_difference"] = {"frame_max_levels": frame_difference(args.work / "ours.mp4",
+                                                                         args.work / "reference.mp4")}
     print_table(results)
     return results
-
-
-def print_table(results: dict) -> None:
-    rows = [*STAGES, "total"]
-    lines = [f"{'s/frame':<14}{'reference':>12}{'ours':>12}"]
-    for stage in rows:
-        ref, ours = results["reference"]["s_per_frame"][stage], results["ours"]["s_per_frame"][stage]
-        lines.append(f"{stage:<14}{ref:>12.4f}{ours:>12.4f}")
-    for key in ("unet_ms_per_frame_forward", "tflop_per_s", "peak_host_gb", "compile_s"):
-        lines.append(f"{key:<26}" + "".join(f"{results[r].get(key, float('nan')):>12.3f}" for r in ("reference", "ours")))
-    sys.stderr.write("\n".join(lines) + "\n")
 
 
 def add_parser(commands, add_speed_options) -> None:
