@@ -135,3 +135,111 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# Stand-in weights for the third-party face detectors, in each package's own file format and folder. No
+# real weights exist here; these make the packages' own loaders and pre/post-processing run for real.
+# The crafted detectors "see" pure red patches (and nothing else), so a test can tell where a detection
+# must land, and that the frame reached the network in the colour order the package expects.
+STANDIN_RED_GAIN = 20.0  # logit per unit of normalised red response
+FAN_WEIGHTS_FILE = "2DFAN4-11f355bf06.pth.tar"  # face_alignment.api.models_urls['2DFAN-4'] file name
+S3FD_WEIGHTS_FILE = "s3fd-619a316812.pth"  # face_alignment.detection.sfd models_urls['s3fd'] file name
+S3FD_RED_INPUT = 2  # S3FD runs on BGR minus the mean: red is channel 2
+S3FD_MEAN_RED = 123.0
+SCRFD_STRIDES = (8, 16, 32)
+SCRFD_ANCHORS = 2  # anchors per location for the 9-output (with key points) SCRFD graphs
+
+
+def write_face_alignment_standins(torch_home, *, box_side: float = 64.0, seed: int = 0) -> list:
+    """Write FAN (2D, 4 hourglasses; random weights) and a crafted S3FD into ``torch_home``/hub/checkpoints
+    under the names face-alignment looks for before downloading. Returns the two paths.
+
+    The S3FD stand-in finds red: the red channel goes unchanged through conv1_1..conv3_3 (stride 4), the
+    stride-4 head scores "face" where it is positive, and its boxes are ``box_side`` px squares around
+    those anchors; every other head says background.
+    """
+    from pathlib import Path
+
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    folder = Path(torch_home) / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    fan_path = folder / FAN_WEIGHTS_FILE
+    torch.save(FAN(4).state_dict(), fan_path)
+
+    net = s3fd()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.zero_()
+        net.conv1_1.weight[0, S3FD_RED_INPUT, 1, 1] = 1.0
+        net.conv1_1.bias[0] = -S3FD_MEAN_RED  # the mean was already taken off; this keeps pure red only
+        for name in ("conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3"):
+            getattr(net, name).weight[0, 0, 1, 1] = 1.0
+        net.conv3_3_norm.weight.fill_(1.0)  # L2Norm: 1 where the red response is positive, else 0
+        net.conv3_3_norm_mbox_conf.weight[3, 0, 1, 1] = STANDIN_RED_GAIN  # channel 3: face (0-2: background)
+        net.conv3_3_norm_mbox_conf.bias[3] = -STANDIN_RED_GAIN / 2
+        prior_side = 4 * 4  # stride 4 x 4 (face_alignment's prior size)
+        net.conv3_3_norm_mbox_loc.bias[2:] = math.log(box_side / prior_side) / 0.2  # variance 0.2
+        for head in ("conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2", "conv7_2"):
+            getattr(net, f"{head}_mbox_conf").bias.copy_(torch.tensor([STANDIN_RED_GAIN, -STANDIN_RED_GAIN]))
+    s3fd_path = folder / S3FD_WEIGHTS_FILE
+    torch.save(net.state_dict(), s3fd_path)
+    return [fan_path, s3fd_path]
+
+
+def write_scrfd_standin(path, *, box_side: float = 64.0) -> "Path":
+    """Write an ONNX graph with SCRFD's interface (input ``input.1`` [1, 3, H, W], 9 outputs: scores
+    [N, 1], boxes [N, 4], key points [N, 10] for strides 8, 16, 32, two anchors a place) that finds red.
+
+    Stride 8 scores each 8 x 8 cell by its mean red (insightface normalises to about [-1, 1] after
+    swapping BGR to RGB); boxes are ``box_side`` px squares (in the detector's input pixels) centred on
+    the anchors; strides 16 and 32 find nothing.
+    """
+    from pathlib import Path
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, constants = [], {}
+
+    def const(name, values):
+        constants[name] = helper.make_tensor(name, TensorProto.FLOAT, [len(values)] if len(values) > 1 else [],
+                                             values)
+        return name
+
+    nodes.append(helper.make_node("Slice", ["input.1", "start", "end", "axis"], ["red"]))
+    int_constants = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("start", 0), ("end", 1), ("axis", 1))]
+    int_constants.append(helper.make_tensor("flat", TensorProto.INT64, [2], [-1, 1]))
+    outputs = {"score": [], "bbox": [], "kps": []}
+    for stride in SCRFD_STRIDES:
+        s = str(stride)
+        nodes.append(helper.make_node("AveragePool", ["red"], [f"pool{s}"], kernel_shape=[stride, stride], strides=[stride, stride]))
+        gain, offset = (STANDIN_RED_GAIN, -STANDIN_RED_GAIN / 2) if stride == SCRFD_STRIDES[0] else (0.0, -STANDIN_RED_GAIN)
+        nodes.append(helper.make_node("Mul", [f"pool{s}", const(f"gain{s}", [gain])], [f"scaled{s}"]))
+        nodes.append(helper.make_node("Add", [f"scaled{s}", const(f"offset{s}", [offset])], [f"logit{s}"]))
+        nodes.append(helper.make_node("Sigmoid", [f"logit{s}"], [f"prob{s}"]))
+        nodes.append(helper.make_node("Concat", [f"prob{s}"] * SCRFD_ANCHORS, [f"anchors{s}"], axis=1))  # [1, 2, h, w]
+        nodes.append(helper.make_node("Transpose", [f"anchors{s}"], [f"hwa{s}"], perm=[0, 2, 3, 1]))
+        nodes.append(helper.make_node("Reshape", [f"hwa{s}", "flat"], [f"score_{s}"]))  # [h*w*2, 1]
+        nodes.append(helper.make_node("Mul", [f"score_{s}", const(f"zero{s}", [0.0])], [f"zeros{s}"]))
+        distance = box_side / 2 / stride  # the package multiplies by the stride
+        nodes.append(helper.make_node("Add", [f"zeros{s}", const(f"dist{s}", [distance] * 4)], [f"bbox_{s}"]))
+        nodes.append(helper.make_node("Add", [f"zeros{s}", const(f"kps{s}", [0.0] * 10)], [f"kps_{s}"]))
+        for kind in outputs:
+            outputs[kind].append(f"{kind}_{s}")
+    graph = helper.make_graph(
+        nodes, "scrfd_standin",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, width])
+         for kind, width in (("score", 1), ("bbox", 4), ("kps", 10)) for name in outputs[kind]],
+        initializer=list(constants.values()) + int_constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

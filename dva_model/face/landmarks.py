@@ -115,6 +115,17 @@ def import_dlib():
     return dlib
 
 
+def load_dlib_model(factory: Callable, path: PathLike, what: str):
+    """``factory(path)`` for one of dlib's model files, with one sentence when the file is missing or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} does not exist; it should be {what}, check the path.")
+    try:
+        return factory(str(path))
+    except RuntimeError as error:
+        raise ModelFileError(f"{path} is not {what} ({error}).") from error
+
+
 class DlibDetector:
     """dlib's HOG frontal-face detector (what the published pipeline uses).
 
@@ -159,13 +170,7 @@ class DlibLandmarks:
 
     def __init__(self, model_path: PathLike) -> None:
         dlib = import_dlib()
-        path = Path(model_path)
-        if not path.is_file():
-            raise ModelFileError(f"dlib landmark model {path} does not exist; check the path.")
-        try:
-            self._predictor = dlib.shape_predictor(str(path))
-        except RuntimeError as error:
-            raise ModelFileError(f"{path} is not a dlib shape predictor file ({error}).") from error
+        self._predictor = load_dlib_model(dlib.shape_predictor, model_path, "a dlib shape predictor file")
         self._rectangle = dlib.rectangle
 
     def landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -192,6 +197,7 @@ class FaceAlignmentBackend:
 
     def __init__(self, *, device: str = "cpu") -> None:
         face_alignment = _import_face_alignment()
+        check_face_alignment_weights()
         kind = getattr(face_alignment.LandmarksType, "TWO_D", None) or face_alignment.LandmarksType._2D
         # face-alignment 1.5 compiles FAN with torch.compile unless told not to (slow and fragile on CPU).
         accepts_compile = "compile" in inspect.signature(face_alignment.FaceAlignment).parameters
@@ -209,6 +215,25 @@ class FaceAlignmentBackend:
         if not found:
             raise NoFaceError("face-alignment gave no landmarks for a detected face box.")
         return np.asarray(found[0][:, :2], dtype=np.float64)
+
+
+def check_face_alignment_weights() -> None:
+    """Refuse to build face-alignment's models when their weights are not in its cache, where the package
+    would download them unasked: the file names come from the installed package's own URL tables."""
+    from urllib.parse import urlparse
+
+    import torch.hub
+    from face_alignment.api import models_urls as fan_urls
+    from face_alignment.detection.sfd.sfd_detector import models_urls as sfd_urls
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    for url in (fan_urls["2DFAN-4"], sfd_urls["s3fd"]):
+        name = Path(urlparse(url).path).name
+        if not (folder / name).is_file():
+            raise ModelFileError(
+                f"face-alignment's weights {name} are not in {folder}; download {url} into that folder "
+                f"(or set TORCH_HOME), or choose the dlib backend."
+            )
 
 
 def find_insightface_detector(models_dir: PathLike) -> Path:

@@ -65,11 +65,13 @@ class FaceTrack:
         return [(run.start, run.stop - 1) for run in true_runs(~self.has_face)]
 
 
-def _box_size(box: np.ndarray) -> float:
+def box_size(box: np.ndarray) -> float:
+    """Geometric mean side of a box [4+] (x0, y0, x1, y1, ...), at least 1 pixel."""
     return float(np.sqrt(max(box[2] - box[0], 1.0) * max(box[3] - box[1], 1.0)))
 
 
-def _centre(boxes: np.ndarray) -> np.ndarray:
+def box_centre(boxes: np.ndarray) -> np.ndarray:
+    """Centres [..., 2] of boxes [..., 4+]."""
     return (boxes[..., :2] + boxes[..., 2:4]) / 2
 
 
@@ -81,14 +83,14 @@ def choose_face(boxes: np.ndarray, previous: Optional[np.ndarray], max_jump: flo
     if previous is None:
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         return boxes[int(np.argmax(areas))]
-    distances = np.linalg.norm(_centre(boxes) - _centre(previous), axis=1)
+    distances = np.linalg.norm(box_centre(boxes) - box_centre(previous), axis=1)
     nearest = int(np.argmin(distances))
-    if distances[nearest] > max_jump * _box_size(previous):
+    if distances[nearest] > max_jump * box_size(previous):
         return None
     return boxes[nearest]
 
 
-def _as_images(chunk: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+def as_images(chunk: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     """A frame [H, W, 3] or chunk [n, H, W, 3] (uint8, or float in [0, 1]) -> uint8 [n, H, W, 3]."""
     chunk = to_uint8(chunk)
     return chunk[None] if chunk.ndim == 3 else chunk
@@ -168,7 +170,7 @@ def track_faces(
     previous: Optional[np.ndarray] = None
     last_seen = 0  # source frame number of the last detection
     for chunk in frames:
-        for image in _as_images(chunk):
+        for image in as_images(chunk):
             number = len(detected) if frame_numbers is None else int(frame_numbers[len(detected)])
             if previous is not None and number - last_seen - 1 > config.max_gap:
                 previous = None  # the track was lost: start again from the largest face
