@@ -26,18 +26,34 @@ import torch
 STAGES = ("decode video", "detect", "align/warp", "encode", "edit", "invert", "decode", "parse", "paste", "write")
 
 
-def instrument(clock: StageClock, model, landmarker) -> None:
-    """Wrap the pipeline's stage functions (module globals and the model's methods) with ``clock``."""
-    from dva_model import pipeline
-    from dva_model.formats import video
+# (stage, module, function, kind): the library functions that do each stage, wrapped where the pipeline
+# looks them up. "iterator" times each item of a generator. A name that moved fails loudly (SystemExit).
+PIPELINE_FUNCTIONS = (
+    ("decode video", "dva_model.pipeline", "iter_frames", "iterator"),
+    ("align/warp", "dva_model.pipeline", "align_frames", "call"),
+    ("edit", "dva_model.pipeline", "compose_identity_edits", "call"),
+    ("paste", "dva_model.pipeline", "paste_frames", "call"),
+    ("write", "dva_model.formats.video", "VideoWriter.write", "call"),
+    ("write", "dva_model.formats.video", "VideoWriter.close", "call"),
+)
+MODEL_METHODS = (("encode", "encode_features"), ("invert", "invert"), ("decode", "decode"), ("parse", "parse"))
 
-    pipeline.iter_frames = clock.wrap_iterator("decode video", pipeline.iter_frames)
-    pipeline.align_frames = clock.wrap("align/warp", pipeline.align_frames)
-    pipeline.edited_identity = clock.wrap("edit", pipeline.edited_identity)
-    pipeline.paste_back = clock.wrap("paste", pipeline.paste_back)
-    video.VideoWriter.write = clock.wrap("write", video.VideoWriter.write)
-    video.VideoWriter.close = clock.wrap("write", video.VideoWriter.close)
-    for stage, name in (("encode", "encode_features"), ("invert", "invert"), ("decode", "decode"), ("parse", "parse")):
+
+def instrument(clock: StageClock, model, landmarker) -> None:
+    """Wrap the pipeline's stage functions (``PIPELINE_FUNCTIONS``, the model's methods, the landmarker)."""
+    import importlib
+
+    for stage, module_name, name, kind in PIPELINE_FUNCTIONS:
+        owner = importlib.import_module(module_name)
+        *path, attribute = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        if not hasattr(owner, attribute):
+            raise SystemExit(f"benchmark edit: {module_name} has no {name} any more; update PIPELINE_FUNCTIONS "
+                             f"in {__file__} to the function that does the {stage!r} stage now.")
+        wrap = clock.wrap_iterator if kind == "iterator" else clock.wrap
+        setattr(owner, attribute, wrap(stage, getattr(owner, attribute)))
+    for stage, name in MODEL_METHODS:
         setattr(model, name, clock.wrap(stage, getattr(model, name)))
     landmarker.detector.detect = clock.wrap("detect", landmarker.detector.detect)
     landmarker.predictor.landmarks = clock.wrap("detect", landmarker.predictor.landmarks)
