@@ -31,6 +31,7 @@ from dva_model.face.paste import PasteConfig, build_masks, crop_rows, paste_fram
 from dva_model.progress import ProgressCallback, StageProgress, report
 from dva_model.progress import no_progress as _no_progress
 from dva_model.diffusion import ddim_invert, ddim_sample
+from dva_model.distributed import Workers
 from dva_model.model import batches, mean_identity
 from dva_model.formats.video import (
     DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, MAX_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, frame_times, iter_frames,
@@ -258,13 +259,21 @@ class EditResult:
 
 def reconstruct_crops(
     model, crops: torch.Tensor, z_lnd: torch.Tensor, identity: torch.Tensor, target: torch.Tensor, *,
-    config: EditConfig, callback: Optional[ProgressCallback] = None,
+    config: EditConfig, callback: Optional[ProgressCallback] = None, workers: Workers = Workers(),
 ) -> torch.Tensor:
     """Invert each crop with the clip identity and decode it with the target identity, chunk by chunk.
 
     crops: [M, 3, S, S] in [-1, 1] (CPU); z_lnd: [M, 102]; identity, target: [512].
-    Returns the decoded crops [M, 3, S, S] float32 in [-1, 1] on the CPU.
+    Returns the decoded crops [M, 3, S, S] float32 in [-1, 1] on the CPU. With several ``workers``
+    (torchrun) each process does its block of rows (``shard_alignment``: the same chunks and batches
+    as one process, so the same numbers) and every process gets all rows back in order.
     """
+    count, align = len(crops), shard_alignment(config)
+    mine = workers.shard(count, align=align)
+    if workers.distributed:
+        log.info("process %d of %d: inverting and decoding crops %d-%d of %d", workers.rank, workers.world,
+                 mine.start, mine.stop - 1, count)
+    crops, z_lnd = crops[mine], z_lnd[mine]
     calls_per_frame_batch = ddim_invert.model_calls(config.steps) + ddim_sample.model_calls(config.steps)
     total = calls_per_frame_batch * sum(-(-(s.stop - s.start) // config.batch_size)
                                         for s in batches(len(crops), config.chunk_frames))
@@ -280,7 +289,14 @@ def reconstruct_crops(
         x_T = model.invert(crops[part], identity, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
         decoded = model.decode(x_T, target, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
         out.append(decoded.float().cpu())
-    return torch.cat(out)
+    edited = torch.cat(out) if out else crops.new_zeros((0, *crops.shape[1:]))  # a short clip's idle process
+    return workers.gather(edited, count=count, align=align)
+
+
+def shard_alignment(config: EditConfig) -> int:
+    """Rows per block when the crops are split across processes: a block boundary must be a chunk and
+    batch boundary of the one-process run, so every UNet call sees the same frames (same results)."""
+    return config.batch_size if config.chunk_frames % config.batch_size == 0 else config.chunk_frames
 
 
 def paste_masks(model, source: torch.Tensor, edited: torch.Tensor, frame_numbers: Sequence[int], *,
@@ -337,10 +353,13 @@ def edit_clip(
     config: EditConfig = EditConfig(),
     selection: FrameSelection = FrameSelection(),
     stage_progress: StageProgress = _no_progress,
+    workers: Workers = Workers(),
 ) -> EditResult:
     """Everything after alignment: encode, edit, invert, decode, paste back and write ``out_path``.
 
-    ``clip`` must come from ``align_video(path, ..., selection=selection)``.
+    ``clip`` must come from ``align_video(path, ..., selection=selection)``. With several ``workers``
+    (torchrun), every process computes the clip identity, inverts and decodes its block of frames,
+    and the first process pastes and writes the whole video; the others write nothing.
     """
     if clip.config.size != model.image_size:
         raise UserError(f"The model works on {model.image_size}px crops but the alignment made {clip.config.size}px ones.")
@@ -349,13 +368,17 @@ def edit_clip(
     identity = mean_identity(z_id)
     target = compose_identity_edits(identity, edits)
     edited = reconstruct_crops(model, clip.crops, z_lnd, identity, target, config=config,
-                               callback=stage_progress("invert+decode"))
+                               callback=stage_progress("invert+decode"), workers=workers)
+    untouched = tuple((clip.indices[a], clip.indices[b]) for a, b in clip.track.missing_runs())
+    result = EditResult(path=Path(out_path), frames=len(clip.indices), edited=int(clip.has_face.sum()),
+                        untouched=untouched)
+    if not workers.is_root:
+        return result  # the first process writes the video
     frame_numbers = [clip.indices[row] for row in clip.face_rows]
     masks = paste_masks(model, clip.crops, edited, frame_numbers, config=config)
-    written = write_pasted(path, out_path, clip, edited, masks, selection=selection, config=config,
-                           callback=stage_progress("paste"))
-    untouched = tuple((clip.indices[a], clip.indices[b]) for a, b in clip.track.missing_runs())
-    return EditResult(path=written, frames=len(clip.indices), edited=int(clip.has_face.sum()), untouched=untouched)
+    write_pasted(path, out_path, clip, edited, masks, selection=selection, config=config,
+                 callback=stage_progress("paste"))
+    return result
 
 
 def check_output_path(path: PathLike, out_path: PathLike) -> None:
