@@ -92,12 +92,48 @@ class Workers:
         sizes = [self._peer(rank).shard(count, align=align) for rank in range(self.world)]
         longest = max(s.stop - s.start for s in sizes)
         # all_gather needs equal shapes, and NCCL tensors on this process's GPU
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else part.device
-        padded = part.new_zeros((longest, *part.shape[1:]), device=device)
+        padded = part.new_zeros((longest, *part.shape[1:]), device=self._wire_device(part.device))
         padded[: len(part)] = part
         pieces = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(pieces, padded)
         return torch.cat([piece[: s.stop - s.start] for piece, s in zip(pieces, sizes)]).to(part.device)
+
+    def owner(self, chunk: int) -> int:
+        """The process that computes chunk number ``chunk`` of a stream: round robin, so the first
+        process, which consumes the stream in order, finds the next chunks already computed."""
+        return chunk % self.world
+
+    def send(self, tensor: Tensor, *, to: int) -> None:
+        """Send ``tensor`` to process ``to`` (which calls ``receive`` with its shape and dtype)."""
+        import torch.distributed as dist
+
+        dist.send(tensor.contiguous().to(self._wire_device(tensor.device)), dst=to)
+
+    def receive(self, shape: tuple, dtype: torch.dtype, *, source: int, device: torch.device) -> Tensor:
+        """The tensor of ``shape`` and ``dtype`` that process ``source`` sends, on ``device``."""
+        import torch.distributed as dist
+
+        tensor = torch.empty(shape, dtype=dtype, device=self._wire_device(device))
+        dist.recv(tensor, src=source)
+        return tensor.to(device)
+
+    def broadcast_text(self, text: str) -> str:
+        """The first process's ``text`` on every process (e.g. the path of a file it created)."""
+        if not self.distributed:
+            return text
+        import torch.distributed as dist
+
+        box = [text if self.is_root else None]
+        dist.broadcast_object_list(box, src=0)  # a str between our own processes
+        return box[0]
+
+    def _wire_device(self, device: torch.device) -> torch.device:
+        """NCCL moves tensors between GPUs (this process's), gloo between CPUs."""
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def barrier(self) -> None:
         if self.distributed:

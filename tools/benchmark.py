@@ -24,6 +24,7 @@ import json
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -52,6 +53,11 @@ class StageClock:
 
     def __init__(self, device: str):
         self.seconds, self.device = defaultdict(float), str(device)
+        self._lock = threading.Lock()  # the pipeline's worker threads add to it too
+
+    def _add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
 
     def wrap(self, stage: str, fn):
         def timed(*args, **kwargs):
@@ -61,7 +67,7 @@ class StageClock:
                 return fn(*args, **kwargs)
             finally:
                 sync(self.device)
-                self.seconds[stage] += time.perf_counter() - start
+                self._add(stage, time.perf_counter() - start)
         return timed
 
     def wrap_iterator(self, stage: str, fn):
@@ -74,7 +80,7 @@ class StageClock:
                 except StopIteration:
                     return
                 finally:
-                    self.seconds[stage] += time.perf_counter() - start
+                    self._add(stage, time.perf_counter() - start)
                 yield item
         return iterate
 

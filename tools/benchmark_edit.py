@@ -9,6 +9,8 @@ the stages are timed by wrapping the library functions that do them (no timing c
     decode        DDIM decoding                                parse    BiSeNet masks
     paste         edited crops pasted into the frames          write    video encoding and muxing
 
+Decoding, warping, paste-back and writing run in worker threads beside the model (the streaming
+pipeline), so the stages overlap and their seconds can add up to more than the total, which is wall time.
 Both outputs are written losslessly and compared frame by frame (max difference in 1/255 levels).
 """
 
@@ -29,10 +31,10 @@ STAGES = ("decode video", "detect", "align/warp", "encode", "edit", "invert", "d
 # (stage, module, function, kind): the library functions that do each stage, wrapped where the pipeline
 # looks them up. "iterator" times each item of a generator. A name that moved fails loudly (SystemExit).
 PIPELINE_FUNCTIONS = (
-    ("decode video", "dva_model.pipeline", "iter_frames", "iterator"),
-    ("align/warp", "dva_model.pipeline", "align_frames", "call"),
+    ("decode video", "dva_model.tracks", "iter_frames", "iterator"),
+    ("align/warp", "dva_model.tracks", "align_frames", "call"),
     ("edit", "dva_model.pipeline", "compose_identity_edits", "call"),
-    ("paste", "dva_model.pipeline", "paste_frames", "call"),
+    ("paste", "dva_model.stages", "paste_frames", "call"),
     ("write", "dva_model.formats.video", "VideoWriter.write", "call"),
     ("write", "dva_model.formats.video", "VideoWriter.close", "call"),
 )
