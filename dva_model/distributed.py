@@ -5,7 +5,10 @@ describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one GPU pe
 device is CUDA, gloo on the CPU. ``shard`` gives each process a contiguous block of rows whose start is
 a multiple of the batch size, so every network call sees exactly the frames it would see in a single
 process (same batches, same kernels: the result is bit-identical, not merely close). ``gather`` puts
-the blocks back together in frame order.
+the blocks back together in frame order. A stream of chunks (the edit's inversion and decoding,
+``dva_model.stages``) is dealt round robin instead (``owner``): each process computes its chunks and
+``send``s them to the first process, which ``receive``s them in order and writes the outputs, so no
+process holds more than a chunk.
 
 Without torchrun (no WORLD_SIZE) everything here is a no-op on one process.
 """
