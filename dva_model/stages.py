@@ -32,7 +32,7 @@ from dva_model.face.paste import (
     PasteConfig, crop_rows, paste_frames, run_bounds, smooth_rows, spatial_masks, temporal_radius,
 )
 from dva_model.formats.latent_io import LatentFile
-from dva_model.host_memory import trim_heap
+from dva_model.host_memory import limit_heap_growth, trim_heap
 from dva_model.formats.video import FrameSelection, VideoWriter, audio_window, frame_times, to_uint8
 from dva_model.model import batches
 from dva_model.progress import ProgressCallback, report
@@ -103,6 +103,7 @@ def encode_video_to_file(
     The identity is the mean of z_id over every crop ([512] float32, not re-normalised, as
     published), accumulated in float64 chunk by chunk; it is also written to ``file``.
     """
+    limit_heap_growth()
     total, count = torch.zeros(ID_DIM, dtype=torch.float64), 0
     for rows, crops in iter_crops(path, faces, selection=selection, chunk_size=chunk_frames,
                                   device=model_device(model), callback=callback, stats=stats):
@@ -319,6 +320,7 @@ def render_video(
     several ``workers`` (torchrun; this is the first process) the others decode their chunks
     (``decode_for_first``).
     """
+    limit_heap_growth()
     info, total = faces.info, len(faces.indices)
     device = model_device(model)
     chunk_rows = [faces.crop_rows(range(p, min(p + chunk_frames, total))) for p in range(0, total, chunk_frames)]
