@@ -9,6 +9,7 @@ from dva_model.cli.align import add_face_options, add_video_options, landmarker_
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
                                   load_model_from_args)
 from dva_model.cli.options import crf_value, ddim_steps, non_negative_float, non_negative_int
+from dva_model.distributed import Workers, close
 from dva_model.errors import UserError
 from dva_model.formats.files import file_fingerprint
 from dva_model.face.tracking import TrackConfig
@@ -63,7 +64,17 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, paste=paste, lossless=args.lossless, crf=args.crf)
     check_output_path(args.video, args.out)
     selection = selection_from_args(args)
-    progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
+    # Under torchrun every process runs this command: each takes its own device and share of the
+    # frames; the first one draws the bars and writes the files (dva_model.distributed).
+    workers, args.device = Workers.from_environment(args.device)
+    try:
+        return _edit(args, edits, config, selection, workers)
+    finally:
+        close(workers)
+
+
+def _edit(args: argparse.Namespace, edits, config: EditConfig, selection, workers: Workers) -> int:
+    progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet and workers.is_root))
     # Faces first: a video without a face fails before the (large) model is loaded.
     faces = track_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
                         align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
@@ -71,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     result = edit_tracked(faces, args.video, args.out, model, classifier=edits.classifier, config=config,
                           selection=selection, latent_path=args.save_latent,
-                          model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress)
+                          model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress,
+                          workers=workers)
+    if not workers.is_root:
+        return 0
     for first, last in result.untouched:
         log.warning("no face in frames %d-%d: copied unchanged", first, last)
     log.info("wrote %s (%d frames, %d edited)", result.path, result.frames, result.edited)
