@@ -248,6 +248,11 @@ def _work_latent(out_path: Path, keep: Optional[PathLike]) -> Iterator[Path]:
     path = out_path.with_name(f".{out_path.stem}.latent-{os.getpid()}.safetensors")
     try:
         yield path
+    except OSError as error:
+        if error.filename != str(path):
+            raise
+        # The user never named this file: a full disk is reported for the output they asked for.
+        raise OSError(error.errno, error.strerror, str(out_path)) from None
     finally:
         path.unlink(missing_ok=True)
 

@@ -149,7 +149,7 @@ class LatentFile:
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            _write_all(fd, struct.pack("<Q", len(text)) + text, 0)
+            _write_all(fd, struct.pack("<Q", len(text)) + text, 0, path)
             os.ftruncate(fd, start + data_bytes)  # a sparse file: unwritten rows read as zeros
         except BaseException:
             os.close(fd)
@@ -199,7 +199,7 @@ class LatentFile:
         if tuple(rows) != tuple(expected) or (name != "identity" and not 0 <= start <= start + len(array) <= slot.shape[0]):
             raise ValueError(f"Cannot write {list(array.shape)} at row {start} of {name} {list(slot.shape)}.")
         offset = slot.offset + (0 if name == "identity" else start * slot.row_bytes)
-        _write_all(self._fd, memoryview(array).cast("B"), offset)
+        _write_all(self._fd, memoryview(array).cast("B"), offset, self.path)
 
     def read(self, name: str, rows: Optional[slice] = None) -> Tensor:
         """Rows of ``name`` as a float32 CPU tensor ([n, ...]; ``identity``: [512]); all rows by default."""
@@ -304,11 +304,15 @@ class StoredLatent:
             return file.to_latent()
 
 
-def _write_all(fd: int, data, offset: int) -> None:
+def _write_all(fd: int, data, offset: int, path: Path) -> None:
+    """Write all of ``data`` at ``offset``; an OS error (a full disk) names ``path``, the file being made."""
     view = memoryview(data).cast("B")
-    while len(view):
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    try:
+        while len(view):
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
 
 
 def _read_all(fd: int, view: memoryview, offset: int, path: Path) -> None:
