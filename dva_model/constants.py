@@ -46,3 +46,9 @@ CELEBA_ATTRIBUTES: Final = (
 # Weight precisions the UNet may run in, by the names every interface offers (CLI, nodes, trainer).
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: Final[Dict[str, torch.dtype]] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# The "format" metadata of the pack's own .safetensors files.
+DVA_MODEL_FORMAT: Final = "dva-model/1"  # a DVAModel state dict (formats.checkpoint.save_model)
+DIRECTIONS_FORMAT: Final = "dva-directions/1"  # attribute directions (edit.classifier.save_directions)
+LATENT_FORMAT: Final = "dva-latent/1"  # a clip's encoding (formats.latent_io.save_latent)
+DELTA_FORMAT: Final = "dva-identity-delta/1"  # a learnt CLIP edit (edit.clip_edit.save_delta)

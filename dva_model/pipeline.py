@@ -1,10 +1,12 @@
-"""The whole face edit of a video: align -> encode -> mean identity -> edit -> invert -> decode ->
-paste back -> write (reference section 2), streaming full-resolution frames chunk by chunk.
+"""The whole face edit of a video: track -> align + encode -> mean identity -> edit -> invert -> decode ->
+paste back -> write (reference section 2), with memory flat in the clip's length.
 
-The video is decoded three times (find faces, crop, paste), so at most one chunk of full-resolution
-float frames is in memory at once. What is held for the whole clip is crop-sized: the aligned and the
-edited crops ([M, 3, 256, 256] float32 each, M = frames with a face, ~0.8 MB per frame each), their
-paste masks and the features.
+``edit_video`` is the one edit pipeline (the ``edit`` and ``clip-edit`` commands and the nodes' video
+path use it): the face tracks (a quad and flags per frame) stay in memory; the aligned crops, the
+features and x_T go to a latent file as they are made and are read back a chunk at a time; frames
+are decoded once per pass (tracking, cropping, pasting) and the output video is written as it is
+pasted. Each stage is its own function (``dva_model.tracks``, ``dva_model.stages``) for callers
+that run them separately.
 """
 
 from __future__ import annotations
@@ -13,145 +15,37 @@ import json
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from dva_model.face.align import AlignConfig, align_frames, compute_quads, inverse_coefficients
 from dva_model.edit.classifier import EditNorm
 from dva_model.edit.identity import IdentityEdit, compose_identity_edits, identity_edits
 from dva_model.errors import UserError
+from dva_model.face.align import AlignConfig, inverse_coefficients
 from dva_model.face.landmarks import FaceLandmarker
-from dva_model.face.tracking import FaceTrack, TrackConfig, track_faces
-from dva_model.face.paste import PasteConfig, build_masks, crop_rows, paste_frames
+from dva_model.face.tracking import TrackConfig
+from dva_model.face.paste import PasteConfig, build_masks
+from dva_model.formats.latent_io import LatentFile
+from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection
 from dva_model.progress import ProgressCallback, StageProgress, report
 from dva_model.progress import no_progress as _no_progress
-from dva_model.diffusion import ddim_invert, ddim_sample
-from dva_model.model import batches, mean_identity
-from dva_model.formats.video import (
-    DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, MAX_CRF, FrameSelection, VideoInfo, VideoWriter, audio_window, frame_times, iter_frames,
-    probe,
-)
+from dva_model.formats.video import MAX_CRF
+from dva_model.stages import auto_batch_size, encode_video_to_file, invert_file, model_device, render_video
+from dva_model.tracks import AlignedClip, FaceTracks, align_in_memory, align_video, track_video
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AlignedClip", "FaceTracks", "align_in_memory", "align_video", "track_video", "EditConfig", "EditResult",
+           "edit_video", "edit_tracked", "encode_to_latent_file", "save_alignment", "load_alignment"]
 
 PathLike = Union[str, os.PathLike]
 ALIGNMENT_FORMAT = "dva-alignment/1"
 DEFAULT_STEPS = 100  # the release uses 1000
-
-
-@dataclass(frozen=True, kw_only=True)
-class AlignedClip:
-    """Every selected frame of a video, aligned.
-
-    indices: the selected source frame numbers (N of them). track: the face track over those N frames.
-    quads: [N, 4, 2] float64 pixel-index quads (NaN where ``has_face`` is False).
-    has_face: [N] bool. crops: [M, 3, S, S] float32 in [-1, 1] on the CPU, one per frame with a face
-    (M = has_face.sum()), in frame order.
-    """
-
-    info: VideoInfo
-    indices: range
-    track: FaceTrack
-    quads: np.ndarray
-    has_face: np.ndarray
-    crops: torch.Tensor
-    config: AlignConfig
-
-    @property
-    def face_rows(self) -> np.ndarray:
-        """Positions (0..N-1) of the frames that have a face, i.e. the row order of ``crops``."""
-        return np.flatnonzero(self.has_face)
-
-
-def find_faces(
-    path: PathLike,
-    landmarker: FaceLandmarker,
-    *,
-    selection: FrameSelection = FrameSelection(),
-    track: TrackConfig = TrackConfig(),
-    chunk_size: int = DEFAULT_CHUNK_FRAMES,
-    callback: Optional[ProgressCallback] = None,
-) -> tuple[VideoInfo, range, FaceTrack]:
-    """First pass: detect and landmark one tracked face in every selected frame (uint8 frames)."""
-    info = probe(path)
-    indices = selection.indices(info.frame_count)
-    chunks = (frames.numpy() for _, frames in iter_frames(path, selection=selection, chunk_size=chunk_size, dtype=torch.uint8))
-    face_track = track_faces(chunks, landmarker, config=track, total=len(indices), callback=callback, source=str(path),
-                             frame_numbers=indices)
-    return info, indices, face_track
-
-
-def align_video(
-    path: PathLike,
-    landmarker: FaceLandmarker,
-    *,
-    selection: FrameSelection = FrameSelection(),
-    align: AlignConfig = AlignConfig(),
-    track: TrackConfig = TrackConfig(),
-    chunk_size: int = DEFAULT_CHUNK_FRAMES,
-    device: Union[str, torch.device] = "cpu",
-    stage_progress: StageProgress = _no_progress,
-) -> AlignedClip:
-    """Find, smooth and crop the face in every selected frame of ``path`` (two decoding passes).
-
-    Raises ``NoFaceError`` when no frame has a face; frames in long gaps are flagged (``has_face``).
-    """
-    info, indices, face_track = find_faces(path, landmarker, selection=selection, track=track,
-                                           chunk_size=chunk_size, callback=stage_progress("faces"))
-    indices = indices[: len(face_track.detected)]  # a file may hold fewer frames than its header says
-    quads, has_face = _smoothed_quads(face_track, align)
-    callback = stage_progress("crop")
-    crops, done = [], 0
-    for chunk_indices, frames in iter_frames(path, selection=selection, chunk_size=chunk_size):
-        rows = np.arange(done, min(done + len(chunk_indices), len(indices)))
-        keep = rows[has_face[rows]]
-        if len(keep):
-            picked = frames[torch.as_tensor(keep - done)].to(device)
-            crops.append(align_frames(picked, quads[keep], config=align).cpu())
-        done += len(rows)
-        report(callback, done, len(indices))
-        if done == len(indices):
-            break
-    return AlignedClip(info=info, indices=indices, track=face_track, quads=quads, has_face=has_face,
-                       crops=torch.cat(crops) if crops else torch.zeros(0, 3, align.size, align.size), config=align)
-
-
-def align_in_memory(
-    frames: torch.Tensor,
-    landmarker: FaceLandmarker,
-    *,
-    align: AlignConfig = AlignConfig(),
-    track: TrackConfig = TrackConfig(),
-    chunk_size: int = DEFAULT_CHUNK_FRAMES,
-    device: Union[str, torch.device] = "cpu",
-    callback: Optional[ProgressCallback] = None,
-) -> AlignedClip:
-    """``align_video`` for frames already in memory, [N, H, W, 3] float in [0, 1] (e.g. ComfyUI IMAGE).
-
-    Same steps (track -> smoothed quads -> crops); the clip's info carries no file, fps or audio.
-    """
-    count, height, width, _ = frames.shape
-    chunks = (frames[i: i + chunk_size] for i in range(0, count, chunk_size))
-    face_track = track_faces(chunks, landmarker, config=track, total=count, callback=callback, source="the frames")
-    quads, has_face = _smoothed_quads(face_track, align)
-    rows = np.flatnonzero(has_face)
-    crops = [align_frames(frames[torch.as_tensor(part)].to(device), quads[part], config=align).cpu()
-             for part in (rows[i: i + chunk_size] for i in range(0, len(rows), chunk_size))]
-    info = VideoInfo(path="", frame_count=count, fps=Fraction(0), width=width, height=height, codec="",
-                     has_audio=False, audio_codec=None)
-    return AlignedClip(info=info, indices=range(count), track=face_track, quads=quads, has_face=has_face,
-                       crops=torch.cat(crops), config=align)
-
-
-def _smoothed_quads(face_track: FaceTrack, align: AlignConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Smoothed quads [N, 4, 2] (NaN without a face) and the per-frame face flags [N] of a track."""
-    quads = compute_quads(face_track.landmarks, face_track.has_face, config=align)
-    return quads, ~np.isnan(quads).any(axis=(1, 2))
 
 
 def save_alignment(path: PathLike, clip: AlignedClip, *, crop_names: Sequence[str]) -> Path:
@@ -212,7 +106,9 @@ class EditConfig:
     steps: DDIM steps S for inversion and decoding. edits: (CelebA attribute, scale) pairs.
     deltas: (identity delta [512], scale) pairs from the CLIP edit, applied before ``edits``.
     edit_norm: "keep" (zero edit = reconstruction) or "unit" (the release). batch_size: frames per
-    network call. chunk_frames: frames per invert/decode/paste chunk. paste: mask and composite.
+    network call (0: from the device's free memory; a fixed default on the CPU). chunk_frames: frames
+    per pipeline chunk (at least batch_size; with the queue sizes it bounds the memory). paste: mask
+    and composite.
     lossless: exact RGB output (libx264rgb); otherwise x264 at ``crf``.
     """
 
@@ -220,7 +116,7 @@ class EditConfig:
     edits: tuple[tuple[str, float], ...] = ()
     deltas: tuple[tuple[torch.Tensor, float], ...] = ()
     edit_norm: EditNorm = "keep"
-    batch_size: int = 8
+    batch_size: int = 0
     chunk_frames: int = DEFAULT_CHUNK_FRAMES
     paste: PasteConfig = PasteConfig()
     lossless: bool = False
@@ -237,8 +133,8 @@ class EditConfig:
         if self.steps < 2:
             raise ValueError(f"steps must be at least 2 for DDIM inversion, got {self.steps}.")
         respaced_timesteps(self.steps)  # a count the release's respacing cannot make fails before alignment
-        if self.chunk_frames < 1 or self.batch_size < 1:
-            raise ValueError("chunk_frames and batch_size must be at least 1.")
+        if self.chunk_frames < 1 or self.batch_size < 0:
+            raise ValueError("chunk_frames must be at least 1 and batch_size 0 (automatic) or more.")
         if not 0 <= self.crf <= MAX_CRF:
             raise ValueError(f"crf must be 0-{MAX_CRF} (x264's range), got {self.crf}.")
         for _, scale in self.edits + self.deltas:
@@ -256,39 +152,13 @@ class EditResult:
     untouched: tuple[tuple[int, int], ...]  # inclusive source frame ranges without a face
 
 
-def reconstruct_crops(
-    model, crops: torch.Tensor, z_lnd: torch.Tensor, identity: torch.Tensor, target: torch.Tensor, *,
-    config: EditConfig, callback: Optional[ProgressCallback] = None,
-) -> torch.Tensor:
-    """Invert each crop with the clip identity and decode it with the target identity, chunk by chunk.
-
-    crops: [M, 3, S, S] in [-1, 1] (CPU); z_lnd: [M, 102]; identity, target: [512].
-    Returns the decoded crops [M, 3, S, S] float32 in [-1, 1] on the CPU.
-    """
-    calls_per_frame_batch = ddim_invert.model_calls(config.steps) + ddim_sample.model_calls(config.steps)
-    total = calls_per_frame_batch * sum(-(-(s.stop - s.start) // config.batch_size)
-                                        for s in batches(len(crops), config.chunk_frames))
-    done = 0
-
-    def step(_done: int, _total: int) -> None:
-        nonlocal done
-        done += 1
-        report(callback, done, total)
-
-    out = []
-    for part in batches(len(crops), config.chunk_frames):
-        x_T = model.invert(crops[part], identity, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
-        decoded = model.decode(x_T, target, z_lnd[part], steps=config.steps, batch_size=config.batch_size, callback=step)
-        out.append(decoded.float().cpu())
-    return torch.cat(out)
-
-
 def paste_masks(model, source: torch.Tensor, edited: torch.Tensor, frame_numbers: Sequence[int], *,
                 config: EditConfig, callback: Optional[ProgressCallback] = None) -> torch.Tensor:
-    """Paste masks [M, 1, S, S] from BiSeNet parsing of the source (and edited) crops.
+    """Paste masks [M, 1, S, S] from BiSeNet parsing of the source (and edited) crops, all in memory.
 
     ``callback(done, total)`` after every parsing batch, over both parsing passes.
     """
+    batch = config.batch_size or auto_batch_size(model_device(model), model.image_size)
     passes = 2 if config.paste.union_edited else 1  # both passes have the same number of batches
 
     def first(done: int, total: int) -> None:
@@ -297,65 +167,9 @@ def paste_masks(model, source: torch.Tensor, edited: torch.Tensor, frame_numbers
     def second(done: int, total: int) -> None:
         report(callback, total + done, passes * total)
 
-    source_labels = model.parse(source, batch_size=config.batch_size, callback=first).cpu()
-    edited_labels = model.parse(edited, batch_size=config.batch_size, callback=second).cpu() if passes == 2 else None
+    source_labels = model.parse(source, batch_size=batch, callback=first).cpu()
+    edited_labels = model.parse(edited, batch_size=batch, callback=second).cpu() if passes == 2 else None
     return build_masks(source_labels, edited_labels, config=config.paste, frame_numbers=frame_numbers)
-
-
-def write_pasted(
-    path: PathLike, out_path: PathLike, clip: AlignedClip, edited: torch.Tensor, masks: torch.Tensor, *,
-    selection: FrameSelection, config: EditConfig, callback: Optional[ProgressCallback] = None,
-) -> Path:
-    """Third pass: decode the frames again, paste the edited crops, encode to ``out_path`` with audio."""
-    info, indices = clip.info, clip.indices
-    rows = crop_rows(clip.has_face)
-    times = frame_times(path)  # [frame_count] seconds: output timing and audio follow the source's clock
-    window = audio_window(info, indices, times)
-    with VideoWriter(out_path, fps=info.fps / selection.stride, width=info.width, height=info.height,
-                     audio_from=path if info.has_audio else None, audio_window_s=window,
-                     crf=config.crf, lossless=config.lossless) as writer:
-        done = 0
-        for chunk_indices, frames in iter_frames(path, selection=selection, chunk_size=config.chunk_frames):
-            positions = np.arange(done, done + len(chunk_indices))
-            if positions[-1] >= len(indices):
-                break  # more frames than the aligned pass saw (a file that changed): stop at its count
-            pasted, _ = paste_frames(frames, positions, rows, edited, masks, clip.quads, crops=clip.crops,
-                                     composite=config.paste.composite)
-            writer.write(pasted, times=times[np.asarray(chunk_indices)])
-            done += len(chunk_indices)
-            report(callback, done, len(indices))
-    return Path(out_path)
-
-
-def edit_clip(
-    clip: AlignedClip,
-    path: PathLike,
-    out_path: PathLike,
-    model,
-    *,
-    classifier=None,
-    config: EditConfig = EditConfig(),
-    selection: FrameSelection = FrameSelection(),
-    stage_progress: StageProgress = _no_progress,
-) -> EditResult:
-    """Everything after alignment: encode, edit, invert, decode, paste back and write ``out_path``.
-
-    ``clip`` must come from ``align_video(path, ..., selection=selection)``.
-    """
-    if clip.config.size != model.image_size:
-        raise UserError(f"The model works on {model.image_size}px crops but the alignment made {clip.config.size}px ones.")
-    edits = config.identity_edits(classifier)
-    z_id, z_lnd = model.encode_features(clip.crops, batch_size=config.batch_size, callback=stage_progress("encode"))
-    identity = mean_identity(z_id)
-    target = compose_identity_edits(identity, edits)
-    edited = reconstruct_crops(model, clip.crops, z_lnd, identity, target, config=config,
-                               callback=stage_progress("invert+decode"))
-    frame_numbers = [clip.indices[row] for row in clip.face_rows]
-    masks = paste_masks(model, clip.crops, edited, frame_numbers, config=config)
-    written = write_pasted(path, out_path, clip, edited, masks, selection=selection, config=config,
-                           callback=stage_progress("paste"))
-    untouched = tuple((clip.indices[a], clip.indices[b]) for a, b in clip.track.missing_runs())
-    return EditResult(path=written, frames=len(clip.indices), edited=int(clip.has_face.sum()), untouched=untouched)
 
 
 def check_output_path(path: PathLike, out_path: PathLike) -> None:
@@ -369,6 +183,100 @@ def check_output_path(path: PathLike, out_path: PathLike) -> None:
     check_writable_file(out, what="the output video")
 
 
+def row_names(faces: FaceTracks) -> tuple[str, ...]:
+    """The name of every crop row: its source frame number, as the ``align`` command names the PNGs."""
+    return tuple(f"{number:06d}" for number in faces.face_frame_numbers)
+
+
+def encode_to_latent_file(
+    path: PathLike,
+    faces: FaceTracks,
+    model,
+    latent_path: PathLike,
+    *,
+    steps: int,
+    selection: FrameSelection = FrameSelection(),
+    batch_size: int = 0,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    model_id: str = "",
+    stage_progress: StageProgress = _no_progress,
+) -> LatentFile:
+    """Crop, encode and invert every frame with a face of ``path`` into the latent file ``latent_path``.
+
+    Returns the finished file, open for reading (close it when done). Stages "encode" (frames) and
+    "invert" (UNet calls). ``batch_size`` 0 follows the device's free memory.
+    """
+    if faces.config.size != model.image_size:
+        raise UserError(f"The model works on {model.image_size}px crops but the alignment made {faces.config.size}px ones.")
+    batch = batch_size or auto_batch_size(model_device(model), model.image_size)
+    chunk = max(chunk_frames, batch)
+    file = LatentFile.create(latent_path, frames=int(faces.has_face.sum()), image_size=model.image_size, steps=steps,
+                             model_id=model_id, frame_names=row_names(faces))
+    try:
+        identity = encode_video_to_file(path, faces, model, file, selection=selection, batch_size=batch,
+                                        chunk_frames=chunk, callback=stage_progress("encode"))
+        invert_file(model, file, identity, steps=steps, batch_size=batch, chunk_frames=chunk,
+                    callback=stage_progress("invert"))
+        file.commit()
+    except BaseException:
+        file.discard()
+        raise
+    return file
+
+
+@contextmanager
+def _work_latent(out_path: Path, keep: Optional[PathLike]) -> Iterator[Path]:
+    """Where the edit's latent file goes: ``keep`` (left there), or a hidden file beside the output
+    that is removed afterwards (beside it, not in /tmp, which may be a small RAM disk)."""
+    if keep is not None:
+        yield Path(keep)
+        return
+    path = out_path.with_name(f".{out_path.stem}.latent-{os.getpid()}.safetensors")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def edit_tracked(
+    faces: FaceTracks,
+    path: PathLike,
+    out_path: PathLike,
+    model,
+    *,
+    classifier=None,
+    target: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    config: EditConfig = EditConfig(),
+    selection: FrameSelection = FrameSelection(),
+    latent_path: Optional[PathLike] = None,
+    model_id: str = "",
+    on_edited: Optional[Callable[[slice, torch.Tensor], None]] = None,
+    stage_progress: StageProgress = _no_progress,
+) -> EditResult:
+    """Everything after tracking: crop + encode + invert into a latent file, then decode with the edited
+    identity, paste back and write ``out_path``.
+
+    ``faces`` must come from ``track_video(path, ..., selection=selection)``. ``target(identity)``
+    replaces the edit of ``config`` (deltas, attributes) when given. ``latent_path`` keeps the
+    encoding (else a temporary file is used). ``on_edited(rows, crops)`` sees the edited crops.
+    Stages: "encode", "invert", "decode", "paste".
+    """
+    edits = config.identity_edits(classifier)  # refuses attribute edits without a classifier
+    batch = config.batch_size or auto_batch_size(model_device(model), model.image_size)
+    chunk = max(config.chunk_frames, batch)
+    with _work_latent(Path(out_path), latent_path) as work, \
+            encode_to_latent_file(path, faces, model, work, steps=config.steps, selection=selection, batch_size=batch,
+                                  chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress) as latent:
+        identity = latent.read("identity")
+        edited = target(identity) if target is not None else compose_identity_edits(identity, edits)
+        written = render_video(path, out_path, faces, latent, model, edited, selection=selection, paste=config.paste,
+                               batch_size=batch, chunk_frames=chunk, crf=config.crf, lossless=config.lossless,
+                               decode_callback=stage_progress("decode"), paste_callback=stage_progress("paste"),
+                               on_edited=on_edited)
+    untouched = tuple((faces.indices[a], faces.indices[b]) for a, b in faces.track.missing_runs())
+    return EditResult(path=written, frames=len(faces.indices), edited=int(faces.has_face.sum()), untouched=untouched)
+
+
 def edit_video(
     path: PathLike,
     out_path: PathLike,
@@ -380,6 +288,7 @@ def edit_video(
     selection: FrameSelection = FrameSelection(),
     align: AlignConfig = AlignConfig(),
     track: TrackConfig = TrackConfig(),
+    latent_path: Optional[PathLike] = None,
     stage_progress: StageProgress = _no_progress,
 ) -> EditResult:
     """Edit the face in a video and write the result as MP4 (H.264) with the source's audio.
@@ -387,12 +296,11 @@ def edit_video(
     model: a ``DVAModel`` (checkpoint.load_model). classifier: an ``AttributeClassifier`` for
     ``config.edits``. The output has the selected frames' count, the source size and fps (divided by
     the stride), and the audio of the selected time range. Frames without a face are copied unchanged;
-    no partial file is left at ``out_path`` on any error.
+    no partial file is left at ``out_path`` on any error. Memory does not grow with the clip's length.
     """
     check_output_path(path, out_path)
     config.identity_edits(classifier)  # refuses attribute edits without a classifier before any work
-    device = next(model.parameters()).device
-    clip = align_video(path, landmarker, selection=selection, align=align, track=track,
-                       chunk_size=config.chunk_frames, device=device, stage_progress=stage_progress)
-    return edit_clip(clip, path, out_path, model, classifier=classifier, config=config, selection=selection,
-                     stage_progress=stage_progress)
+    faces = track_video(path, landmarker, selection=selection, align=align, track=track,
+                        chunk_size=config.chunk_frames, callback=stage_progress("faces"))
+    return edit_tracked(faces, path, out_path, model, classifier=classifier, config=config, selection=selection,
+                        latent_path=latent_path, stage_progress=stage_progress)

@@ -24,6 +24,7 @@ MODULES = {
     "edit": ("DVAIdentityAverage", "DVAAttributeEdit"),
     "decode": ("DVADDIMDecode",),
     "paste": ("DVAPasteBack",),
+    "stream": ("DVADecodePasteVideo",),
     "clip_edit": ("DVACLIPLoader", "DVACLIPEdit", "DVAApplyIdentityDelta", "DVASaveIdentityDelta",
                   "DVALoadIdentityDelta"),
 }

@@ -188,6 +188,18 @@ def input_files(*suffixes: str) -> list:
     return sorted(n for n in names if n.lower().endswith(suffixes))
 
 
+def temp_file(stem: str, suffix: str) -> Path:
+    """A new, unique file name under ComfyUI's temp folder (``dva/``) for a file-backed wire (an encoding,
+    an edited video); ComfyUI empties that folder when it starts."""
+    import uuid
+
+    import folder_paths
+
+    folder = Path(folder_paths.get_temp_directory()) / "dva"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{stem}_{uuid.uuid4().hex[:12]}{suffix}"
+
+
 def input_path(name: str) -> Path:
     """Absolute path of an input-folder file (``name`` may carry ComfyUI's ``[input]`` annotation)."""
     import folder_paths
@@ -270,6 +282,16 @@ def progress_callback() -> Callable[[int, int], None]:
         if bar is None or bar.total != total:
             bar = comfy.utils.ProgressBar(total)
         bar.update_absolute(done, total)
+
+    return callback
+
+
+def cancel_check() -> Callable[[int, int], None]:
+    """A library callback that only cancels (for a stage that runs beside another one's progress bar)."""
+    import comfy.model_management as mm
+
+    def callback(_done: int, _total: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
 
     return callback
 

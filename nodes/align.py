@@ -6,6 +6,7 @@ from ._host import crops_to_image, progress_callback, require_all
 from .types import CATEGORY_VIDEO, Faces
 
 CHUNK_FRAMES = 16  # frames warped per call (bounds the temporary full-resolution copies)
+PREVIEW_CROPS = 16  # crops output for a VIDEO-tracked clip (its crops are not all held)
 DLIB_FILE = "shape_predictor_68_face_landmarks.dat"
 NODE = "DVA Face Align"
 REQUIRES = (("scipy", "scipy"), ("kornia", "kornia"))
@@ -31,8 +32,8 @@ class DVAFaceAlign(io.ComfyNode):
                 "temporally smoothed FFHQ quads and warps each to an aligned crop. Short gaps without a "
                 "detection are interpolated; frames in longer gaps are flagged and left untouched by Paste Back."),
             inputs=[
-                io.Image.Input("frames", tooltip="Video frames [N, H, W, 3] in 0..1 (from DVA Video Load or any "
-                                                 "video loader)."),
+                io.Image.Input("frames", optional=True, tooltip="Video frames [N, H, W, 3] in 0..1 (from DVA Video "
+                                                                "Load or any video loader); for short clips."),
                 io.Combo.Input("detector", options=list(DETECTORS), default=next(iter(DETECTORS)), tooltip=
                                "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
                                "or face_alignment's S3FD."),
@@ -51,6 +52,10 @@ class DVAFaceAlign(io.ComfyNode):
                 io.Combo.Input("method", options=list(ALIGN_METHODS), default=next(iter(ALIGN_METHODS)), tooltip=
                                "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
                                "the published 1024 px warp + JPEG-75 + resize, for exact fidelity."),
+                io.Video.Input("video", optional=True, tooltip=
+                               "A core VIDEO (core Load Video) to track straight from its file, a chunk of frames at a "
+                               "time: for long clips, memory does not grow with the length. Use instead of frames; "
+                               "then end with DVA Decode + Paste to Video."),
             ],
             outputs=[
                 Faces.Output(display_name="faces", tooltip=
@@ -61,8 +66,8 @@ class DVAFaceAlign(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, frames, detector, landmarks, crop_size, sigma_centre, sigma_axes, max_gap,
-                method) -> io.NodeOutput:
+    def execute(cls, detector, landmarks, crop_size, sigma_centre, sigma_axes, max_gap, method, frames=None,
+                video=None) -> io.NodeOutput:
         require_all(NODE, REQUIRES)
         from dva_model.face.align import AlignConfig
         from dva_model.face.tracking import TrackConfig
@@ -70,9 +75,31 @@ class DVAFaceAlign(io.ComfyNode):
 
         landmarker = _landmarker(detector, landmarks)
         config = AlignConfig(size=crop_size, sigma_centre=sigma_centre, sigma_axes=sigma_axes, method=method)
+        if video is not None:
+            return io.NodeOutput(*_track_file(video, landmarker, config, TrackConfig(max_gap=max_gap)))
+        if frames is None:
+            raise ValueError("DVA Face Align needs frames (IMAGE) or a video (VIDEO); connect one of them.")
         faces = align_in_memory(frames, landmarker, align=config, track=TrackConfig(max_gap=max_gap),
                                 chunk_size=CHUNK_FRAMES, device=_work_device(), callback=progress_callback())
         return io.NodeOutput(faces, crops_to_image(faces.crops))
+
+
+def _track_file(video, landmarker, config, track):
+    """File-backed faces of a core VIDEO (tracks in memory, crops cut again when needed) and a preview
+    of the first crops (at most ``PREVIEW_CROPS``)."""
+    from dva_model.pipeline import track_video
+    from dva_model.tracks import iter_crops
+
+    from .video import video_file
+
+    path = video_file(video)
+    faces = track_video(path, landmarker, align=config, track=track, chunk_size=CHUNK_FRAMES,
+                        callback=progress_callback())
+    preview = None
+    for _, crops in iter_crops(path, faces, selection=faces.selection, chunk_size=PREVIEW_CROPS):
+        preview = crops
+        break
+    return faces, crops_to_image(preview)
 
 
 def _work_device():

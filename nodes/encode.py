@@ -58,6 +58,7 @@ class DVAEncode(io.ComfyNode):
     def execute(cls, model, faces, steps, frames_per_call) -> io.NodeOutput:
         from dva_model.diffusion.schedule import respaced_timesteps
         from dva_model.encoding import encode_clip
+        from dva_model.progress import one_bar
 
         respaced_timesteps(steps)  # also when called directly: one sentence before any network runs
 
@@ -66,9 +67,28 @@ class DVAEncode(io.ComfyNode):
         if faces.config.size != dva.image_size:
             raise ValueError(f"The model works on {dva.image_size}px crops but DVA Face Align made "
                              f"{faces.config.size}px ones; set its crop_size to {dva.image_size}.")
+        # One bar for the whole node: a unit per frame encoded, then per frame and inversion step.
+        frames = int(faces.has_face.sum())
+        bar = one_bar(callback, {"encode": frames, "invert": frames * (steps - 1)})
+        if not hasattr(faces, "crops"):  # VIDEO-tracked faces: stream into a latent file
+            return io.NodeOutput(encode_to_file(dva, faces, steps, batch, model.model_id, bar))
         names = [f"frame_{faces.indices[row]:06d}" for row in faces.face_rows]
         return io.NodeOutput(encode_clip(dva, faces.crops, steps=steps, batch_size=batch, model_id=model.model_id,
-                                         frame_names=names, stage_progress=lambda _stage: callback))
+                                         frame_names=names, stage_progress=bar))
+
+
+def encode_to_file(dva, faces, steps, batch, model_id, stage_progress):
+    """The clip's crops, features and x_T in a latent file under ComfyUI's temp folder, by path."""
+    from dva_model.formats.latent_io import StoredLatent
+    from dva_model.pipeline import encode_to_latent_file
+
+    from ._host import temp_file
+
+    path = temp_file("latent", LATENT_SUFFIX)
+    file = encode_to_latent_file(faces.info.path, faces, dva, path, steps=steps, selection=faces.selection,
+                                 batch_size=batch, model_id=model_id, stage_progress=stage_progress)
+    file.close()
+    return StoredLatent(path)
 
 
 class DVASaveLatent(io.ComfyNode):
@@ -97,7 +117,14 @@ class DVASaveLatent(io.ComfyNode):
         from dva_model.formats.latent_io import save_latent
 
         path, name, subfolder = output_path(filename_prefix, LATENT_SUFFIX)
-        save_latent(path, latent)
+        if hasattr(latent, "open"):  # a file-backed encoding: copy it, crops included, without loading it
+            import shutil
+
+            from dva_model.formats.files import write_atomically
+
+            write_atomically(path, lambda tmp: shutil.copyfile(latent.path, tmp))
+        else:
+            save_latent(path, latent)
         return io.NodeOutput(ui={"files": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
 
 

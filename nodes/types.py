@@ -2,8 +2,11 @@
 
     DVA_MODEL       nodes._host.ModelHandle: the resident DVAModel and its ComfyUI ModelPatcher
     DVA_CLASSIFIER  dva_model.edit.classifier.AttributeClassifier: attribute directions
-    DVA_FACES       dva_model.face.align.AlignedClip: aligned crops, per-frame quads and warps, face flags
-    DVA_LATENT      dva_model.formats.latent_io.Latent: per-frame z_id, z_lnd, x_T, the inversion identity, steps
+    DVA_FACES       dva_model.tracks.AlignedClip: aligned crops, per-frame quads and warps, face flags (IMAGE
+                    frames); or dva_model.tracks.FaceTracks: the same without the crops, naming its video
+                    file (a VIDEO tracked from its file; the crops are cut again a chunk at a time)
+    DVA_LATENT      dva_model.formats.latent_io.Latent: per-frame z_id, z_lnd, x_T, the inversion identity, steps;
+                    or StoredLatent: the same in a file under ComfyUI's temp folder (with the crops), read in chunks
     DVA_IDENTITY    Identity (below): the clip identity to decode with, plus the edits to apply to it
     DVA_CLIP        nodes._host.ModelHandle around dva_model.edit.clip_loss.ClipDirectionalLoss
     DVA_IDENTITY_DELTA  dva_model.edit.clip_edit.IdentityDelta: a learnt text edit of the identity

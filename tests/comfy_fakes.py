@@ -85,6 +85,7 @@ def _folder_paths(host: FakeHost) -> types.ModuleType:
     module.get_folder_paths = lambda name: list(folder(name)[0])
     module.get_input_directory = lambda: str(host.input)
     module.get_output_directory = lambda: str(host.output)
+    module.get_temp_directory = lambda: str(host.root / "temp")
     module.get_annotated_filepath = get_annotated_filepath
     module.get_save_image_path = get_save_image_path
     return module

@@ -19,7 +19,7 @@ from comfy_fakes import InterruptProcessingException, combo_options, install, mo
 REPO = Path(__file__).resolve().parents[1]
 PACK_NODES = {
     "DVAModelLoader", "DVAClassifierLoader", "DVAVideoLoad", "DVAFaceAlign", "DVAEncode", "DVASaveLatent",
-    "DVALoadLatent", "DVAIdentityAverage", "DVAAttributeEdit", "DVADDIMDecode", "DVAPasteBack",
+    "DVALoadLatent", "DVAIdentityAverage", "DVAAttributeEdit", "DVADDIMDecode", "DVAPasteBack", "DVADecodePasteVideo",
     "DVACLIPLoader", "DVACLIPEdit", "DVAApplyIdentityDelta", "DVASaveIdentityDelta", "DVALoadIdentityDelta",
 }
 HEAVY_MODULES = ("dva_model.nets.unet", "dva_model.model", "dva_model.formats.checkpoint", "av", "dlib", "kornia", "scipy",

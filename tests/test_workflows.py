@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_api_fake import NodeOutput
+from comfy_api_fake import NodeOutput, VideoFromFile
 from comfy_fakes import install
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,11 +29,17 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
 # Combos listing files of the user's folders: any name is allowed in a shipped workflow.
 FILE_INPUTS = {("DVAModelLoader", "checkpoint"), ("DVAClassifierLoader", "classifier"),
-               ("DVAClassifierLoader", "latent_stats"), ("DVAVideoLoad", "video"), ("DVALoadLatent", "latent_file")}
+               ("DVAClassifierLoader", "latent_stats"), ("DVAVideoLoad", "video"), ("DVALoadLatent", "latent_file"),
+               ("LoadVideo", "file")}
 
 # The core nodes the workflows use, as ComfyUI 0.3.6x's /object_info declares them (checked against a
 # real server in tests/test_comfy_server.py).
 CORE_NODES = {
+    "LoadVideo": {
+        "input": {"required": {"file": ["COMBO", {"options": [], "video_upload": True}]}},
+        "input_order": {"required": ["file"]},
+        "output": ["VIDEO"], "output_name": ["VIDEO"], "output_node": False,
+    },
     "SaveVideo": {
         "input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
                                "format": ["COMBO", {"options": ["auto", "mp4"]}],
@@ -239,12 +245,27 @@ class _SaveVideo:
         import folder_paths
         from dva_model.formats.video import write_video
 
-        components = video.get_components()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
         path = Path(folder) / f"{name}_{counter:05}_.mp4"
+        if isinstance(video, VideoFromFile):  # a file already: copied, as core Save Video remuxes it
+            import shutil
+
+            shutil.copyfile(video.get_stream_source(), path)
+            return NodeOutput(ui={"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}]})
+        components = video.get_components()
         write_video(path, components.images, fps=Fraction(components.frame_rate).limit_denominator(1001))
         return NodeOutput(ui={"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
                               "video": [components]})
+
+
+class _LoadVideo:
+    """Stand-in for core Load Video: a VIDEO naming an input-folder file (decoded by whoever reads it)."""
+
+    @classmethod
+    def execute(cls, file):
+        import folder_paths
+
+        return NodeOutput(VideoFromFile(folder_paths.get_annotated_filepath(file)))
 
 
 class _Preview:
@@ -259,7 +280,7 @@ def run_in_process(prompt: dict) -> dict:
     """Execute an API-format workflow the way ComfyUI does, node by node; returns every node's NodeOutput."""
     import nodes
 
-    classes = {**nodes.NODES_BY_ID, "SaveVideo": _SaveVideo,
+    classes = {**nodes.NODES_BY_ID, "SaveVideo": _SaveVideo, "LoadVideo": _LoadVideo,
                "PreviewImage": _Preview, "MaskPreview": _Preview}
     results = {}
     for node_id in topological_order(prompt):
@@ -321,6 +342,45 @@ def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_ch
     (saved,) = results["11"].ui["images"]
     written = probe(comfy_host.output / saved["subfolder"] / saved["filename"])
     assert (written.frame_count, written.width, written.height) == (2, 640, 360)
+
+
+def test_long_clip_graph_streams_from_the_video_file_to_a_video_file(comfy_host, tiny_checkpoint):
+    """The streaming workflow: core Load Video -> Face Align (tracks only) -> Encode (a latent file in the
+    temp folder, crops included) -> edit -> Decode + Paste to Video (an MP4 with the source's audio)."""
+    from dva_model.formats.latent_io import StoredLatent
+    from dva_model.formats.video import probe, write_video
+    from media import decoded_frames, single_face_video
+
+    prompt = json.loads((WORKFLOWS / "api" / "long_clip_edit.json").read_text())
+    dva = comfy_host.models / "dva"
+    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
+    _release_classifier(dva / prompt["6"]["inputs"]["classifier"])
+    write_video(comfy_host.input / prompt["2"]["inputs"]["file"], decoded_frames("single_face.mp4", 3),
+                fps=Fraction(30), audio_from=single_face_video())
+    prompt["4"]["inputs"]["steps"] = 2
+    prompt["7"]["inputs"]["scale"] = 0.5
+
+    results = run_in_process(prompt)
+
+    faces, preview = results["3"]
+    assert not hasattr(faces, "crops") and faces.has_face.all() and preview.shape == (3, 256, 256, 3)
+    latent = results["4"][0]
+    assert isinstance(latent, StoredLatent) and latent.path.parent.name == "dva"
+    with latent.open() as file:
+        assert file.frames == 3 and file.has_crops and file.steps == 2
+    (video,) = results["8"]
+    edited = probe(video.get_stream_source())
+    assert (edited.frame_count, edited.width, edited.height, edited.has_audio) == (3, 640, 360, True)
+    (saved,) = results["11"].ui["images"]
+    assert probe(comfy_host.output / saved["subfolder"] / saved["filename"]).frame_count == 3
+
+    from nodes.stream import DVADecodePasteVideo
+
+    with pytest.raises(ValueError, match="streams from the video file"):
+        DVADecodePasteVideo.execute(model=results["1"][0], latent=latent, identity=results["7"][0],
+                                    faces=type("Clip", (), {"crops": None})(), mask_preset="release",
+                                    union_edited=False, dilate=0, feather=0.0, temporal_sigma=0.0,
+                                    composite="frame", frames_per_call=0)
 
 
 # ------------------------------------------------------------------------------------------------

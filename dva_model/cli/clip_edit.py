@@ -67,16 +67,30 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _aligned_clip(args: argparse.Namespace):
+def _tracked_clip(args: argparse.Namespace):
     from dva_model.face.align import AlignConfig
     from dva_model.face.tracking import TrackConfig
-    from dva_model.pipeline import align_video
+    from dva_model.pipeline import track_video
 
     selection = FrameSelection(start=args.start, stop=args.stop, stride=args.stride, max_frames=args.max_frames)
-    clip = align_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
-                       align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
-                       stage_progress=lambda stage: terminal_progress(stage, enabled=not args.quiet))
-    return clip, selection
+    faces = track_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
+                        align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
+                        callback=terminal_progress("faces", enabled=not args.quiet))
+    return faces, selection
+
+
+def _reference_crop(args: argparse.Namespace, faces, selection, device):
+    """The aligned crop [1, 3, S, S] of crop row ``--reference-frame`` (the video is decoded up to it)."""
+    from dva_model.tracks import iter_crops
+
+    index = args.reference_frame
+    if not 0 <= index < int(faces.has_face.sum()):
+        raise UserError(f"--reference-frame {index} is out of range: the clip has {int(faces.has_face.sum())} "
+                        "frames with a face.")
+    for rows, crops in iter_crops(args.video, faces, selection=selection, device=device):
+        if rows.start <= index < rows.stop:
+            return crops[index - rows.start: index - rows.start + 1].cpu()
+    raise UserError(f"{args.video} ended before frame {index} on the second pass; the file changed.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                             l1_weight=args.l1_weight)
     attributes = identity_edits_from_args(args)
     clip_loss = clip_loss_for(load_clip(args.clip_weights, device=args.device, allow_download=args.download_clip))
-    clip, selection = _aligned_clip(args) if args.video else (None, None)
+    faces, selection = _tracked_clip(args) if args.video else (None, None)
     model = load_model_from_args(args)
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
     if args.latent is not None:
@@ -107,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         from dva_model.formats.image_io import read_crops
 
-        names, crops = read_crops(args.aligned, size=model.image_size) if clip is None else (None, clip.crops)
-        reference = reference_from_crops(model, crops, index=args.reference_frame)
+        if faces is None:
+            names, crops = read_crops(args.aligned, size=model.image_size)
+            reference = reference_from_crops(model, crops, index=args.reference_frame)
+        else:
+            reference = reference_from_crops(model, _reference_crop(args, faces, selection, args.device))
     result = optimise_delta(model, clip_loss, reference, config=config, callback=progress("clip-edit"))
     save_delta(args.out, result.delta)
     first, last = result.losses[0], result.losses[-1]
@@ -122,9 +139,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.latent is not None and args.decode_out is not None:
         _render_latent(args, model, latent, target, progress)
-    elif args.decode_out is not None or args.edited_video is not None:
-        names = names if clip is None else [f"{clip.indices[row]:06d}" for row in clip.face_rows]
-        _render_crops(args, model, crops, names, target, clip, selection, progress)
+    elif faces is not None and (args.decode_out is not None or args.edited_video is not None):
+        _render_video(args, model, faces, selection, target, progress)
+    elif args.decode_out is not None:
+        _render_crops(args, model, crops, names, target, progress)
     return 0
 
 
@@ -138,21 +156,40 @@ def _render_latent(args, model, latent, target, progress) -> None:
     log.info("wrote %d edited crops to %s", len(crops), args.decode_out)
 
 
-def _render_crops(args, model, crops, names, target, clip, selection, progress) -> None:
+def _render_crops(args, model, crops, names, target, progress) -> None:
+    """--aligned: encode, invert and decode the crops folder (held in memory, as read) with the edit."""
     from dva_model.formats.image_io import write_crops
     from dva_model.model import mean_identity
-    from dva_model.pipeline import EditConfig, paste_masks, reconstruct_crops, write_pasted
 
-    render = EditConfig(steps=args.steps, batch_size=args.batch_size)
     z_id, z_lnd = model.encode_features(crops, batch_size=args.batch_size, callback=progress("encode"))
     identity = mean_identity(z_id)
-    edited = reconstruct_crops(model, crops, z_lnd, identity, target(identity), config=render,
-                               callback=progress("invert+decode"))
+    x_T = model.invert(crops, identity, z_lnd, steps=args.steps, batch_size=args.batch_size, callback=progress("invert"))
+    edited = model.decode(x_T, target(identity), z_lnd, steps=args.steps, batch_size=args.batch_size,
+                          callback=progress("decode"))
+    write_crops(args.decode_out, names, edited)
+    log.info("wrote %d edited crops to %s", len(edited), args.decode_out)
+
+
+def _render_video(args, model, faces, selection, target, progress) -> None:
+    """--video: the streaming edit pipeline with the learnt delta; edited crops (--decode-out) and the
+    edited video (--edited-video, else a temporary file) are written chunk by chunk."""
+    import tempfile
+
+    from dva_model.formats.image_io import write_crops
+    from dva_model.pipeline import EditConfig, edit_tracked, row_names
+
+    names = row_names(faces)
+
+    def save_crops(rows, crops):
+        write_crops(args.decode_out, names[rows], crops)
+
+    on_edited = save_crops if args.decode_out is not None else None
+    config = EditConfig(steps=args.steps, batch_size=args.batch_size)
+    with tempfile.TemporaryDirectory(dir=(args.edited_video or args.out).parent, prefix=".clip-edit-") as scratch:
+        out = args.edited_video or Path(scratch) / "edited.mp4"  # crops only: the video is a by-product
+        edit_tracked(faces, args.video, out, model, target=target, config=config, selection=selection,
+                     on_edited=on_edited, stage_progress=progress)
     if args.decode_out is not None:
-        write_crops(args.decode_out, names, edited)
-        log.info("wrote %d edited crops to %s", len(edited), args.decode_out)
+        log.info("wrote %d edited crops to %s", len(names), args.decode_out)
     if args.edited_video is not None:
-        masks = paste_masks(model, crops, edited, [clip.indices[row] for row in clip.face_rows], config=render)
-        write_pasted(args.video, args.edited_video, clip, edited, masks, selection=selection, config=render,
-                     callback=progress("paste"))
         log.info("wrote %s", args.edited_video)

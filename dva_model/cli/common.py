@@ -15,7 +15,8 @@ from dva_model.edit.identity import DEFAULT_SCALE, NORMS, IdentityEdit, identity
 from dva_model.errors import UserError
 from dva_model.constants import PRECISIONS
 from dva_model.model import DVAModel
-from dva_model.cli.options import positive_int
+from dva_model.cli.options import non_negative_int
+from dva_model.stages import auto_batch_size
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                         help="UNet precision (GroupNorm stays fp32; encoders always fp32)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="frames per UNet call")
+    parser.add_argument("--batch-size", type=non_negative_int, default=0,
+                        help="frames per network call (default 0: from the GPU's free memory; 8 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the UNet in channels-last memory order (faster convolutions on most devices)")
     parser.add_argument("--compile", action="store_true",
@@ -43,6 +45,8 @@ def load_model_from_args(args: argparse.Namespace) -> DVAModel:
     if args.id_weights or args.landmark_weights or args.parser_weights:
         files = EncoderFiles(identity=args.id_weights, landmarks=args.landmark_weights, parser=args.parser_weights)
     model = load_model(args.checkpoint, device=args.device, dtype=PRECISIONS[args.precision], encoder_files=files)
+    if args.batch_size == 0:  # resolved once here, so every command sees a real batch size
+        args.batch_size = auto_batch_size(args.device, model.image_size)
     return model.prepare(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs)
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from dva_model.face.align import AlignConfig
 from dva_model.cli.align import add_face_options, add_video_options, landmarker_from_args, selection_from_args
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
-                                       load_model_from_args)
+                                  load_model_from_args)
 from dva_model.cli.options import crf_value, ddim_steps, non_negative_float, non_negative_int
 from dva_model.errors import UserError
+from dva_model.formats.files import file_fingerprint
 from dva_model.face.tracking import TrackConfig
 from dva_model.face.paste import COMPOSITES, MASK_PRESETS, PasteConfig
-from dva_model.pipeline import DEFAULT_STEPS, EditConfig, align_video, check_output_path, edit_clip
+from dva_model.pipeline import DEFAULT_STEPS, EditConfig, check_output_path, edit_tracked, track_video
 from dva_model.cli.progress_bar import terminal_progress
 from dva_model.formats.video import DEFAULT_CRF
 
@@ -46,6 +47,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--lossless", action="store_true", help="exact RGB output (libx264rgb, large files)")
     parser.add_argument("--crf", type=crf_value, default=DEFAULT_CRF,
                         help=f"x264 quality, 0 (lossless) to 51 (worst) (default {DEFAULT_CRF})")
+    parser.add_argument("--save-latent", type=Path,
+                        help="keep the clip's encoding (crops, z_id, z_lnd, x_T) in this .safetensors file "
+                             "(default: a temporary file beside --out, removed at the end)")
     parser.set_defaults(func=run)
 
 
@@ -61,11 +65,14 @@ def run(args: argparse.Namespace) -> int:
     selection = selection_from_args(args)
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
     # Faces first: a video without a face fails before the (large) model is loaded.
-    clip = align_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
-                       align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
-                       chunk_size=config.chunk_frames, device=args.device, stage_progress=progress)
+    faces = track_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
+                        align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
+                        chunk_size=config.chunk_frames, callback=progress("faces"))
     model = load_model_from_args(args)
-    result = edit_clip(clip, args.video, args.out, model, classifier=edits.classifier, config=config,
-                       selection=selection, stage_progress=progress)
+    result = edit_tracked(faces, args.video, args.out, model, classifier=edits.classifier, config=config,
+                          selection=selection, latent_path=args.save_latent,
+                          model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress)
+    for first, last in result.untouched:
+        log.warning("no face in frames %d-%d: copied unchanged", first, last)
     log.info("wrote %s (%d frames, %d edited)", result.path, result.frames, result.edited)
     return 0

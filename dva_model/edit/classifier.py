@@ -24,13 +24,12 @@ from typing import Literal, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from dva_model.constants import CELEBA_ATTRIBUTES, ID_DIM
+from dva_model.constants import CELEBA_ATTRIBUTES, DIRECTIONS_FORMAT, ID_DIM
 from dva_model.errors import ModelFileError, UserError
 from dva_model.formats.files import read_safetensors, write_safetensors
 from dva_model.formats.safe_pickle import load_pickled
 
 EditNorm = Literal["keep", "unit"]
-DIRECTIONS_FORMAT = "dva-directions/1"
 MAX_DIRECTIONS = 1024  # rows a direction file may hold (the release: 40); checked before names are made
 
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from dva_model.nets.bisenet import foreground_mask
 from dva_model.edit.clip_loss import ClipDirectionalLoss, log_directional_loss
 from dva_model.edit.identity import IdentityDelta
-from dva_model.constants import ID_DIM, LANDMARK_DIM, TRAINING_MASK_EXCLUDED
+from dva_model.constants import DELTA_FORMAT, ID_DIM, LANDMARK_DIM, TRAINING_MASK_EXCLUDED
 from dva_model.diffusion.ddim_invert import invert
 from dva_model.diffusion.ddim_sample import sample_step, trajectory
 from dva_model.errors import UserError
@@ -51,7 +51,6 @@ from dva_model.diffusion.schedule import DDIMCoefficients, respaced_timesteps
 
 logger = logging.getLogger(__name__)
 
-DELTA_FORMAT = "dva-identity-delta/1"
 TRAJECTORY_STEPS = 5  # kept steps 0, 200, 400, 600, 800 (the release's n_train_step)
 
 PathLike = Union[str, Path]

@@ -99,37 +99,61 @@ def _gaussian_kernel1d(sigma: float, device: torch.device) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def run_bounds(frame_numbers: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each of N frames, the first row and the row after the last of its run of consecutive frame
+    numbers ([N] int each): temporal smoothing never reaches across a gap in the numbering."""
+    numbers = np.asarray(frame_numbers, dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(numbers) != 1) + 1  # first row of every run but the first
+    starts = np.concatenate([[0], breaks]).astype(np.int64)
+    stops = np.concatenate([breaks, [len(numbers)]]).astype(np.int64)
+    run = np.repeat(np.arange(len(starts)), stops - starts)  # [N] run id of each row
+    return starts[run], stops[run]
+
+
+def temporal_radius(sigma: float) -> int:
+    """Frames on each side that the temporal smoothing of ``sigma`` reads (0 when off)."""
+    return max(int(math.ceil(BLUR_TRUNCATE * sigma)), 1) if sigma > 0 else 0
+
+
+def smooth_rows(
+    window: torch.Tensor, first: int, rows: np.ndarray, run_start: np.ndarray, run_stop: np.ndarray, sigma: float
+) -> torch.Tensor:
+    """Gaussian smoothing along time of the masks of ``rows`` (edge frames of each run replicated).
+
+    window: [W, 1, H, W'] masks of rows first..first+W-1, which must include every row within
+    ``temporal_radius(sigma)`` of ``rows`` inside their runs. rows: [n] row numbers. run_start,
+    run_stop: [N] from ``run_bounds`` over all rows. Returns [n, 1, H, W'] float32. Streaming and
+    whole-clip smoothing give the same result, so the smoothing does not restart at chunk boundaries.
+    """
+    kernel = _gaussian_kernel1d(sigma, window.device)
+    radius = (len(kernel) - 1) // 2
+    rows = np.asarray(rows, dtype=np.int64)
+    low, high = run_start[rows], run_stop[rows] - 1
+    out = torch.zeros((len(rows),) + tuple(window.shape[1:]), dtype=torch.float32, device=window.device)
+    for k, weight in enumerate(kernel):
+        source = np.clip(rows + k - radius, low, high) - first  # [n] rows of the window
+        out += weight * window[torch.as_tensor(source, device=window.device)].float()
+    return out
+
+
 def smooth_in_time(masks: torch.Tensor, sigma: float, frame_numbers: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Gaussian smoothing of masks [N, 1, H, W] along N (edge frames replicated), within runs of
     consecutive ``frame_numbers`` (default: all N frames are consecutive)."""
     if sigma <= 0 or len(masks) < 2:
         return masks
     numbers = list(range(len(masks))) if frame_numbers is None else list(frame_numbers)
-    kernel = _gaussian_kernel1d(sigma, masks.device)
-    radius = (len(kernel) - 1) // 2
-    out = masks.clone()
-    for run in consecutive_runs(numbers):  # a gap in numbering splits the smoothing
-        part = masks[run]  # [n, 1, H, W]
-        n = len(part)
-        flat = part.reshape(n, -1).T.unsqueeze(1)  # [H*W, 1, n]
-        padded = torch.nn.functional.pad(flat, (radius, radius), mode="replicate")
-        smoothed = torch.nn.functional.conv1d(padded, kernel.view(1, 1, -1))  # [H*W, 1, n]
-        out[run] = smoothed.squeeze(1).T.reshape(part.shape)
-    return out
+    run_start, run_stop = run_bounds(numbers)
+    return smooth_rows(masks, 0, np.arange(len(masks)), run_start, run_stop, sigma)
 
 
-def build_masks(
+def spatial_masks(
     source_labels: torch.Tensor,
     edited_labels: Optional[torch.Tensor] = None,
     *,
     config: PasteConfig = PasteConfig(),
-    frame_numbers: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
-    """Paste masks from BiSeNet labels: [N, H, W] int64 (source crops, and edited crops when
-    ``config.union_edited``) -> [N, 1, H, W] float32 in [0, 1].
-
-    Order: class mask (union) -> dilation (disc) -> feathering (Gaussian) -> temporal smoothing.
-    """
+    """``build_masks`` without the temporal smoothing (each frame on its own, so chunks can be
+    computed separately): labels [N, H, W] int64 -> [N, 1, H, W] float32 in [0, 1]."""
     masks = class_mask(source_labels, config.classes)
     if config.union_edited:
         if edited_labels is None:
@@ -144,8 +168,23 @@ def build_masks(
 
         radius = max(int(math.ceil(BLUR_TRUNCATE * config.feather)), 1)
         masks = gaussian_blur2d(masks, 2 * radius + 1, (config.feather, config.feather), border_type="constant")
-    masks = smooth_in_time(masks, config.temporal_sigma, frame_numbers)
     return masks.clamp(0.0, 1.0)
+
+
+def build_masks(
+    source_labels: torch.Tensor,
+    edited_labels: Optional[torch.Tensor] = None,
+    *,
+    config: PasteConfig = PasteConfig(),
+    frame_numbers: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
+    """Paste masks from BiSeNet labels: [N, H, W] int64 (source crops, and edited crops when
+    ``config.union_edited``) -> [N, 1, H, W] float32 in [0, 1].
+
+    Order: class mask (union) -> dilation (disc) -> feathering (Gaussian) -> temporal smoothing.
+    """
+    masks = spatial_masks(source_labels, edited_labels, config=config)
+    return smooth_in_time(masks, config.temporal_sigma, frame_numbers).clamp(0.0, 1.0)
 
 
 def paste_back(

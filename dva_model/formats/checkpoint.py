@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from dva_model.constants import DVA_MODEL_FORMAT
 from dva_model.errors import ModelFileError
 from dva_model.formats.files import read_safetensors, write_safetensors
 from dva_model.model import DVAConfig, DVAModel
@@ -36,7 +37,7 @@ from dva_model.nets.unet import UNetConfig
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-SAFETENSORS_FORMAT = "dva-model/1"
+SAFETENSORS_FORMAT = DVA_MODEL_FORMAT
 RELEASE_URL = "https://github.com/gmkim-ai/Diffusion-Video-Autoencoders (checkpoints/diffusion_video_autoencoder)"
 
 # Release TrainConfig fields that leave no trace in tensor shapes -> UNetConfig.from_state_dict arguments.

@@ -22,7 +22,7 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-_DEFAULT_FILE_MODE = _default_file_mode()
+DEFAULT_FILE_MODE = _default_file_mode()
 
 
 def write_atomically(path: PathLike, write: Callable[[Path], object]) -> None:
@@ -36,7 +36,7 @@ def write_atomically(path: PathLike, write: Callable[[Path], object]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, _DEFAULT_FILE_MODE)  # mkstemp's 0600 would make outputs private to their writer
+        os.chmod(tmp, DEFAULT_FILE_MODE)  # mkstemp's 0600 would make outputs private to their writer
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

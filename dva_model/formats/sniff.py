@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Iterable, Literal, Set, Union
 
 
+from dva_model.constants import DELTA_FORMAT, DIRECTIONS_FORMAT, DVA_MODEL_FORMAT, LATENT_FORMAT
+
 ModelKind = Literal["dva", "classifier", "clip", "latent_stats", "dlib", "latent", "delta", "unknown"]
 
 MAX_HEADER_BYTES = 64 << 20  # a safetensors header or a data.pkl larger than this is not peeked at
@@ -56,12 +58,7 @@ def _safetensors_kind(path: Path) -> ModelKind:
             return "unknown"
         header = json.loads(file.read(length))
     metadata = header.pop("__metadata__", None) or {}
-    from dva_model.edit.classifier import DIRECTIONS_FORMAT
-    from dva_model.edit.clip_edit import DELTA_FORMAT
-    from dva_model.formats.checkpoint import SAFETENSORS_FORMAT
-    from dva_model.formats.latent_io import LATENT_FORMAT
-
-    kinds = {SAFETENSORS_FORMAT: "dva", DIRECTIONS_FORMAT: "classifier", LATENT_FORMAT: "latent", DELTA_FORMAT: "delta"}
+    kinds = {DVA_MODEL_FORMAT: "dva", DIRECTIONS_FORMAT: "classifier", LATENT_FORMAT: "latent", DELTA_FORMAT: "delta"}
     if metadata.get("format") in kinds:
         return kinds[metadata["format"]]
     return _kind_of_keys(header)

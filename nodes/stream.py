@@ -1,0 +1,96 @@
+"""DVA Decode + Paste to Video: the streaming end of the graph, for clips of any length.
+
+It decodes every frame's x_T under the (edited) identity, builds the paste masks, pastes each face back
+into its frame and writes the MP4 (with the source's audio and frame rate) chunk by chunk, in the
+library's one edit pipeline (``dva_model.stages.render_video``): nothing the size of the clip is held
+in memory. It needs the file-backed wires that a VIDEO-tracked DVA Face Align and DVA Encode make
+(face tracks that name their video, an encoding stored under ComfyUI's temp folder with its crops).
+"""
+
+from comfy_api.v0_0_2 import io
+
+from ._host import cancel_check, progress_callback, require_all, temp_file
+from .encode import frames_per_call_input
+from .types import CATEGORY_VIDEO, Faces, IdentityType, Latent, Model
+
+NODE = "DVA Decode + Paste to Video"
+REQUIRES = (("kornia", "kornia"), ("av", "av"))
+
+
+class DVADecodePasteVideo(io.ComfyNode):
+    """Decode, paste back and encode the edited video in one streamed pass."""
+
+    REQUIRES = REQUIRES
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        from dva_model.face.paste import COMPOSITES, MASK_PRESETS
+
+        return io.Schema(
+            node_id="DVADecodePasteVideo", display_name=NODE, category=CATEGORY_VIDEO,
+            description=(
+                "For long clips: decodes every frame with the identity, pastes the face back into the source "
+                "video's frames through the face-parsing mask and writes the edited video with the source's "
+                "audio and frame rate, a chunk at a time (memory does not grow with the clip's length). Needs "
+                "DVA Face Align fed a VIDEO and the DVA Encode of it. Ends in a core VIDEO for core Save Video."),
+            inputs=[
+                Model.Input("model", tooltip="The DVA model the clip was encoded with."),
+                Latent.Input("latent", tooltip="The encoding from DVA Encode (of a VIDEO-tracked DVA Face Align)."),
+                IdentityType.Input("identity", tooltip="The identity to decode with (edited or not)."),
+                Faces.Input("faces", tooltip="The face tracks from DVA Face Align (fed a VIDEO)."),
+                io.Combo.Input("mask_preset", options=list(MASK_PRESETS), default="release", tooltip=
+                               "Face-parsing classes taken from the edit: 'release' (face without hair, ears, "
+                               "neck), 'hair', 'glasses', 'beard' or 'head' (everything but background, cloth, hat)."),
+                io.Boolean.Input("union_edited", default=False, tooltip=
+                                 "Also paste what the EDITED crop's parsing puts in those classes."),
+                io.Int.Input("dilate", default=0, min=0, max=64, step=1,
+                             tooltip="Grow the mask by this many crop pixels (0 = as published)."),
+                io.Float.Input("feather", default=0.0, min=0.0, max=32.0, step=0.5, tooltip=
+                               "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."),
+                io.Float.Input("temporal_sigma", default=0.0, min=0.0, max=10.0, step=0.1, tooltip=
+                               "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."),
+                io.Combo.Input("composite", options=list(COMPOSITES), default="frame", tooltip=
+                               "'frame': blend at full resolution, only masked pixels change. 'release': blend "
+                               "inside the crop and paste the whole square, as published."),
+                frames_per_call_input(),
+            ],
+            outputs=[io.Video.Output(display_name="video", tooltip=
+                                     "The edited video (H.264 MP4 with the source's audio), for core Save Video.")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, identity, faces, mask_preset, union_edited, dilate, feather, temporal_sigma,
+                composite, frames_per_call) -> io.NodeOutput:
+        require_all(NODE, REQUIRES)
+        from comfy_api.v0_0_2 import InputImpl
+        from dva_model.face.paste import PasteConfig
+        from dva_model.stages import render_video
+
+        from .decode import check_same_model
+
+        _check_streamable(latent, faces)
+        check_same_model(model, latent)
+        paste = PasteConfig.from_preset(mask_preset, union_edited=union_edited, dilate=dilate, feather=feather,
+                                        temporal_sigma=temporal_sigma, composite=composite)
+        batch, callback = model.frames_per_call(frames_per_call), progress_callback()
+        dva = model.acquire(frames_per_call=batch)
+        out = temp_file("edited", ".mp4")
+        with latent.open() as file:
+            render_video(faces.info.path, out, faces, file, dva, identity.edited(), selection=faces.selection,
+                         paste=paste, batch_size=batch, chunk_frames=max(batch, CHUNK_FRAMES), decode_callback=callback,
+                         paste_callback=cancel_check())  # pasting overlaps decoding: one bar, of the UNet calls
+        return io.NodeOutput(InputImpl.VideoFromFile(str(out)))
+
+
+CHUNK_FRAMES = 16
+
+
+def _check_streamable(latent, faces) -> None:
+    if not hasattr(latent, "open") or hasattr(faces, "crops"):
+        raise ValueError(f"{NODE} streams from the video file: connect DVA Face Align's video input (a core VIDEO, "
+                         "e.g. from core Load Video) instead of IMAGE frames, and the DVA Encode of those faces; for "
+                         "IMAGE frames use DVA DDIM Decode + DVA Paste Back.")
+    with latent.open() as file:
+        if not file.has_crops or file.frames != int(faces.has_face.sum()):
+            raise ValueError(f"This encoding does not belong to these faces ({file.frames} frames, the faces have "
+                             f"{int(faces.has_face.sum())}); connect the DVA Encode made from this DVA Face Align.")
