@@ -25,8 +25,10 @@ from dva_model.face.multitrack import (
 )
 from dva_model.face.preview import draw_tracks
 from dva_model.face.recognition import DlibRecogniser, describe_largest_face
+from dva_model.face.align import AlignConfig
 from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, FrameSelection, VideoInfo, iter_frames, probe
 from dva_model.progress import ProgressCallback, report
+from dva_model.tracks import FaceTracks, crop_track_in_memory, decoded_chunks, tracks_of
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +87,24 @@ def track_people_in_video(
     """One decoding pass: every face of the selected frames of ``path``, tracked and numbered in ``order``."""
     info = probe(path)
     indices = selection.indices(info.frame_count)
-    chunks = (frames.numpy() for _, frames in iter_frames(path, selection=selection, chunk_size=chunk_size,
-                                                           dtype=torch.uint8))
-    people = track_people(chunks, landmarker, recogniser=recogniser, config=config, order=order, total=len(indices),
-                          callback=callback, source=str(path), frame_numbers=indices)
+    with decoded_chunks(path, selection, chunk_size) as chunks:
+        people = track_people((frames.numpy() for _, frames in chunks), landmarker, recogniser=recogniser,
+                              config=config, order=order, total=len(indices), callback=callback, source=str(path),
+                              frame_numbers=indices)
     return info, indices[: len(people[0].track.detected)], people
+
+
+def faces_of(info: VideoInfo, indices: range, chosen: Sequence[ChosenFace],
+             align: AlignConfig = AlignConfig()) -> list[FaceTracks]:
+    """Each chosen person's ``FaceTracks`` over the video's frames ``indices`` (quads smoothed per person),
+    in paste order: what ``pipeline.edit_faces`` and the crop pass take."""
+    return [tracks_of(info, indices, face.person.track, align) for face in chosen]
+
+
+def align_person_in_memory(frames: torch.Tensor, person: PersonTrack, *, align: AlignConfig = AlignConfig(),
+                           chunk_size: int = DEFAULT_CHUNK_FRAMES, device: Union[str, torch.device] = "cpu"):
+    """One person's ``AlignedClip`` (smoothed quads, crops) over frames in memory, [N, H, W, 3] float in [0, 1]."""
+    return crop_track_in_memory(frames, person.track, align=align, chunk_size=chunk_size, device=device)
 
 
 def choose_faces(people: Sequence[PersonTrack], choice: FaceChoice, *, landmarker: Optional[FaceLandmarker] = None,

@@ -58,6 +58,19 @@ def split_scope(text: str) -> tuple[str, Optional[str]]:
     return body, label
 
 
+def without_scopes(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of ``args`` with every edit's @LABEL taken off (to check and load them all once); refuses
+    scoped edits when no face is chosen."""
+    scoped = {option: [split_scope(text) for text in getattr(args, option, [])] for option in ("attribute", "delta")}
+    labels = [label for pairs in scoped.values() for _, label in pairs if label is not None]
+    if labels and getattr(args, "faces", None) is None and not getattr(args, "face_reference", ()):
+        raise UserError(f"An edit for face @{labels[0]} needs --faces or --face-reference to choose the faces.")
+    plain = copy.copy(args)
+    for option, pairs in scoped.items():
+        setattr(plain, option, [body for body, _ in pairs])
+    return plain
+
+
 def edits_per_face(args: argparse.Namespace, labels: Sequence[str]) -> dict[str, IdentityEditOptions]:
     """Each chosen face's identity edits: every unscoped --attribute/--delta, plus those ending in its @LABEL.
 
@@ -69,10 +82,7 @@ def edits_per_face(args: argparse.Namespace, labels: Sequence[str]) -> dict[str,
     if unknown:
         raise UserError(f"Edit for face @{unknown[0]}, which is not a chosen face; the chosen faces are "
                         f"{one_of(labels)}.")
-    plain = copy.copy(args)
-    plain.attribute = [body for body, _ in scoped["attribute"]]
-    plain.delta = [body for body, _ in scoped["delta"]]
-    loaded = identity_edits_from_args(plain)  # loaded in the options' order
+    loaded = identity_edits_from_args(without_scopes(args))  # loaded in the options' order
     out = {}
     for label in labels:
         def mine(pairs):
@@ -83,3 +93,36 @@ def edits_per_face(args: argparse.Namespace, labels: Sequence[str]) -> dict[str,
             attributes=tuple(loaded.attributes[i] for i in mine(scoped["attribute"])),
             classifier=loaded.classifier, norm=loaded.norm)
     return out
+
+
+def people_from_args(args: argparse.Namespace, selection, *, device: str = "cpu", progress=None):
+    """Track every face when --faces, --face-reference or --preview-tracks asks for it: returns the video's
+    info, the frame indices and the chosen faces (None when only the preview was asked for); None when
+    none of those options is given (the single-face tracker runs)."""
+    from dva_model.cli.align import landmarker_from_args
+    from dva_model.face.multitrack import MultiTrackConfig
+    from dva_model.face.recognition import DlibRecogniser
+    from dva_model.people import choose_faces, track_people_in_video, write_track_preview
+
+    choice = face_choice_from_args(args)
+    if choice is None and args.preview_tracks is None:
+        return None
+    if args.detect_every != 1:
+        raise UserError("--detect-every follows one face; leave it at 1 with --faces, --face-reference or "
+                        "--preview-tracks.")
+    if args.preview_tracks is not None:
+        from dva_model.formats.files import check_writable_file
+
+        if args.preview_tracks.suffix.lower() != ".mp4":
+            raise UserError(f"--preview-tracks {args.preview_tracks} must end in .mp4 (the preview is an H.264 MP4).")
+        check_writable_file(args.preview_tracks, what="the track preview")
+    landmarker = landmarker_from_args(args, device=device)
+    recogniser = DlibRecogniser(models_dir=args.face_models)
+    stage = progress or (lambda _name: None)
+    info, indices, people = track_people_in_video(
+        args.video, landmarker, recogniser=recogniser, selection=selection, order=args.face_order,
+        config=MultiTrackConfig(max_gap=args.max_gap), callback=stage("faces"))
+    if args.preview_tracks is not None:
+        write_track_preview(args.video, args.preview_tracks, people, selection=selection, callback=stage("preview"))
+    chosen = None if choice is None else choose_faces(people, choice, landmarker=landmarker, recogniser=recogniser)
+    return info, indices, chosen
