@@ -10,11 +10,10 @@ bit-identical to the decoded source frames. One test runs the real tiny checkpoi
 import json
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
-from media import AWAY, PAN_FRAMES, decoded_frames, dlib_landmarker, leave_and_return_video, media_path, \
+from media import AWAY, decoded_frames, dlib_landmarker, leave_and_return_video, media_path, \
     multi_face_pan_video
 from test_pipeline import ReconstructingModel
 from dva_model.cli.main import main

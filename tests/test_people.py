@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from media import PAN_FRAMES, RETURN_FRAMES, decoded_frames, dlib_landmarker, leave_and_return_video, media_path, \
-    multi_face_pan_video
+from media import PAN_FRAMES, RETURN_FRAMES, decoded_frames, dlib_landmarker, media_path, multi_face_pan_video
 from dva_model.errors import UserError
 from dva_model.face.preview import track_colour
 from dva_model.face.recognition import DlibRecogniser

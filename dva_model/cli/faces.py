@@ -58,17 +58,26 @@ def split_scope(text: str) -> tuple[str, Optional[str]]:
     return body, label
 
 
-def without_scopes(args: argparse.Namespace) -> argparse.Namespace:
-    """A copy of ``args`` with every edit's @LABEL taken off (to check and load them all once); refuses
-    scoped edits when no face is chosen."""
-    scoped = {option: [split_scope(text) for text in getattr(args, option, [])] for option in ("attribute", "delta")}
-    labels = [label for pairs in scoped.values() for _, label in pairs if label is not None]
-    if labels and getattr(args, "faces", None) is None and not getattr(args, "face_reference", ()):
-        raise UserError(f"An edit for face @{labels[0]} needs --faces or --face-reference to choose the faces.")
+def _scoped(args: argparse.Namespace) -> dict:
+    """{"attribute": [(edit, label or None), ...], "delta": [...]} from the command line."""
+    return {option: [split_scope(text) for text in getattr(args, option, [])] for option in ("attribute", "delta")}
+
+
+def _plain(args: argparse.Namespace, scoped: dict) -> argparse.Namespace:
     plain = copy.copy(args)
     for option, pairs in scoped.items():
         setattr(plain, option, [body for body, _ in pairs])
     return plain
+
+
+def without_scopes(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of ``args`` with every edit's @LABEL taken off (to check and load them all once); refuses
+    scoped edits when no face is chosen."""
+    scoped = _scoped(args)
+    labels = [label for pairs in scoped.values() for _, label in pairs if label is not None]
+    if labels and getattr(args, "faces", None) is None and not getattr(args, "face_reference", ()):
+        raise UserError(f"An edit for face @{labels[0]} needs --faces or --face-reference to choose the faces.")
+    return _plain(args, scoped)
 
 
 def edits_per_face(args: argparse.Namespace, labels: Sequence[str]) -> dict[str, IdentityEditOptions]:
@@ -77,12 +86,12 @@ def edits_per_face(args: argparse.Namespace, labels: Sequence[str]) -> dict[str,
     Loads the classifier and the deltas once and checks every edit (``identity_edits_from_args``);
     refuses a label that is no chosen face.
     """
-    scoped = {option: [split_scope(text) for text in getattr(args, option, [])] for option in ("attribute", "delta")}
+    scoped = _scoped(args)
     unknown = sorted({label for pairs in scoped.values() for _, label in pairs if label is not None} - set(labels))
     if unknown:
         raise UserError(f"Edit for face @{unknown[0]}, which is not a chosen face; the chosen faces are "
                         f"{one_of(labels)}.")
-    loaded = identity_edits_from_args(without_scopes(args))  # loaded in the options' order
+    loaded = identity_edits_from_args(_plain(args, scoped))  # loaded in the options' order
     out = {}
     for label in labels:
         def mine(pairs):
