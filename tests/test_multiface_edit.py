@@ -10,6 +10,7 @@ bit-identical to the decoded source frames. One test runs the real tiny checkpoi
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -166,3 +167,19 @@ def test_align_and_edit_commands_choose_faces_and_scope_edits(tmp_path, tiny_che
     assert changed.any() and not (changed & ~(_near(alphas[0]) | _near(alphas[1]))).any()
     assert main(["edit", "--checkpoint", str(tiny_checkpoint), "--video", str(video), "--out", str(out),
                  "--delta", f"{deltas[0]}@1", "--quiet"]) == 2  # a scoped edit without --faces
+
+
+@pytest.mark.parametrize("options, sentence", [
+    (["--face-reference", "multi_face.jpg"], "The person in the reference photo is not in the video: the nearest face track"),
+    (["--faces", "7"], "Face track 7 does not exist: this clip has 2 face track(s), numbered 0-1; see the track preview."),
+    (["--faces", "0", "--delta", "x.safetensors@5"], "x.safetensors does not exist"),
+    (["--faces", "0", "--detect-every", "3"], "--detect-every follows one face; leave it at 1 with --faces"),
+    (["--preview-tracks", "tracks.avi"], "must end in .mp4"),
+])
+def test_face_choices_refused_in_one_sentence_before_the_model_loads(tmp_path, capsys, options, sentence):
+    options = [str(media_path(o)) if o.endswith(".jpg") else str(tmp_path / o) if "." in o else o for o in options]
+    status = main(["--quiet", "edit", "--checkpoint", str(tmp_path / "never-loaded.ckpt"), "--video",
+                   str(leave_and_return_video()), "--out", str(tmp_path / "out.mp4"), *options])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "Traceback" not in err and err.count("\n") == 0 and sentence in err, err
+    assert not (tmp_path / "out.mp4").exists()
