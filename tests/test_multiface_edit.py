@@ -183,3 +183,24 @@ def test_face_choices_refused_in_one_sentence_before_the_model_loads(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert status == 2 and "Traceback" not in err and err.count("\n") == 0 and sentence in err, err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_overlapping_faces_are_pasted_in_the_stated_order_the_last_on_top():
+    import types
+
+    from dva_model.face.align import quads_from_axes
+    from dva_model.stages import _Chunk, paste_chunk
+
+    def person(centre_x: float):
+        quads = quads_from_axes(np.array([[centre_x, 16.0]]), np.array([[8.0, 0.0]]), np.array([[0.0, 8.0]]))
+        return types.SimpleNamespace(has_face=np.array([True]), quads=quads)
+
+    frames = torch.full((1, 32, 64, 3), 128, dtype=torch.uint8)
+    left, right = person(26.0), person(38.0)  # 16 px squares overlapping over x 30..34
+    white = _Chunk(range(0, 1), slice(0, 1), torch.ones(1, 3, 16, 16), None, torch.ones(1, 1, 16, 16))
+    black = _Chunk(range(0, 1), slice(0, 1), -torch.ones(1, 3, 16, 16), None, torch.ones(1, 1, 16, 16))
+    white_on_top = paste_chunk(frames, [right, left], [black, white], composite="frame", device=torch.device("cpu"))
+    black_on_top = paste_chunk(frames, [left, right], [white, black], composite="frame", device=torch.device("cpu"))
+    assert white_on_top[0, 16, 32].tolist() == [1.0] * 3 and black_on_top[0, 16, 32].tolist() == [0.0] * 3
+    assert white_on_top[0, 16, 20].tolist() == black_on_top[0, 16, 20].tolist() == [1.0] * 3  # left only
+    assert torch.equal(white_on_top[0, :, 50:], frames[0, :, 50:].float() / 255)  # outside both: unchanged
