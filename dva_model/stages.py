@@ -30,6 +30,7 @@ from dva_model.face.paste import (
     PasteConfig, crop_rows, paste_frames, run_bounds, smooth_rows, spatial_masks, temporal_radius,
 )
 from dva_model.formats.latent_io import LatentFile
+from dva_model.host_memory import trim_heap
 from dva_model.formats.video import FrameSelection, VideoWriter, audio_window, frame_times, to_uint8
 from dva_model.model import batches
 from dva_model.progress import ProgressCallback, report
@@ -103,6 +104,7 @@ def encode_video_to_file(
         file.write("z_lnd", rows.start, z_lnd)
         total += z_id.detach().double().sum(dim=0).cpu()
         count += len(z_id)
+        trim_heap()
     if count != file.frames:
         raise RuntimeError(f"{path} gave {count} face crops on the second pass but the tracks have {file.frames}.")
     identity = (total / count).float()
@@ -314,7 +316,12 @@ def render_people(
                      crf=crf, lossless=lossless) as writer, \
             decoded_chunks(path, selection, chunk_frames, stats=stats) as decoded:
         frames_in = iter(decoded)
-        with Sink(lambda item: writer.write(item[0], times=item[1]), name="dva-encode", stats=stats) as encoder:
+
+        def write(item) -> None:
+            writer.write(item[0], times=item[1])
+            trim_heap()  # the chunk's frames are freed by now (see dva_model.host_memory)
+
+        with Sink(write, name="dva-encode", stats=stats) as encoder:
 
             def paste_one(chunks: tuple) -> None:
                 _, frames = next(frames_in)
