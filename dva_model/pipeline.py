@@ -240,6 +240,18 @@ def _work_latent(out_path: Path, keep: Optional[PathLike], tag: str = "") -> Ite
         path.unlink(missing_ok=True)
 
 
+@contextmanager
+def _blamed_on(path: PathLike) -> Iterator[None]:
+    """Name ``path`` in an operating-system error that names no file (a full disk while writing the
+    latent file through its descriptor), so the one-sentence error says where the write went."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
 @dataclass(frozen=True)
 class FaceEdit:
     """One person's edit: their ``faces`` (from ``track_video`` or ``tracks.tracks_of``), ``target``
@@ -305,9 +317,10 @@ def edit_faces(
         jobs = []
         for number, person in enumerate(people):
             work = stack.enter_context(_work_latent(Path(out_path), person.latent_path, f"-{number}"))
-            latent = stack.enter_context(encode_to_latent_file(
-                path, person.faces, model, work, steps=config.steps, selection=selection, batch_size=batch,
-                chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress))
+            with _blamed_on(person.latent_path or out_path):  # the hidden work file means nothing to the user
+                latent = stack.enter_context(encode_to_latent_file(
+                    path, person.faces, model, work, steps=config.steps, selection=selection, batch_size=batch,
+                    chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress))
             jobs.append(PersonEdit(person.faces, latent, person.target(latent.read("identity")), person.on_edited))
         written = render_people(path, out_path, jobs, model, selection=selection, paste=config.paste, batch_size=batch,
                                 chunk_frames=chunk, crf=config.crf, lossless=config.lossless,
