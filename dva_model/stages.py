@@ -30,7 +30,7 @@ from dva_model.face.paste import (
     PasteConfig, crop_rows, paste_frames, run_bounds, smooth_rows, spatial_masks, temporal_radius,
 )
 from dva_model.formats.latent_io import LatentFile
-from dva_model.host_memory import trim_heap
+from dva_model.host_memory import limit_heap_growth, trim_heap
 from dva_model.formats.video import FrameSelection, VideoWriter, audio_window, frame_times, to_uint8
 from dva_model.model import batches
 from dva_model.progress import ProgressCallback, report
@@ -95,6 +95,7 @@ def encode_video_to_file(
     The identity is the mean of z_id over every crop ([512] float32, not re-normalised, as
     published), accumulated in float64 chunk by chunk; it is also written to ``file``.
     """
+    limit_heap_growth()
     total, count = torch.zeros(ID_DIM, dtype=torch.float64), 0
     for rows, crops in iter_crops(path, faces, selection=selection, chunk_size=chunk_frames,
                                   device=model_device(model), callback=callback, stats=stats):
@@ -298,10 +299,15 @@ def render_people(
     complete. Pixels outside every paste mask keep the source's values. ``decode_callback`` counts UNet
     calls, ``paste_callback`` frames written; either may raise to cancel (the workers stop first).
     """
+<<<<<<< HEAD
     first = people[0].faces
     info, total = first.info, len(first.indices)
     assert all(p.faces.indices == first.indices for p in people), "the people's tracks cover other frames"
     assert all(p.file.frames == int(p.faces.has_face.sum()) for p in people), "a latent file and its tracks disagree"
+=======
+    limit_heap_growth()
+    info, total = faces.info, len(faces.indices)
+>>>>>>> main
     device = model_device(model)
     starts = range(0, total, chunk_frames)
     calls = sum(-(-(rows.stop - rows.start) // batch_size) * p.file.steps for p in people

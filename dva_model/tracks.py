@@ -21,6 +21,7 @@ from dva_model.face.align import AlignConfig, align_frames, compute_quads
 from dva_model.face.landmarks import FaceLandmarker
 from dva_model.face.tracking import FaceTrack, TrackConfig, track_faces
 from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, FrameSelection, VideoInfo, iter_frames, probe
+from dva_model.host_memory import limit_heap_growth
 from dva_model.progress import ProgressCallback, report
 from dva_model.workers import Background, QueueStats, background_map
 
@@ -102,6 +103,7 @@ def track_video(
 
     Raises ``NoFaceError`` when no frame has a face; frames in long gaps are flagged (``has_face``).
     """
+    limit_heap_growth()
     info = probe(path)
     indices = selection.indices(info.frame_count)
     with decoded_chunks(path, selection, chunk_size) as chunks:

@@ -260,6 +260,49 @@ def test_run_workflow_script_uploads_runs_and_downloads(server, prompt, tmp_path
     assert bad.returncode == 2 and "no node has a widget input named 'no_such_input'" in bad.stderr
 
 
+def test_long_clip_workflow_streams_core_load_video_to_core_save_video(server, tmp_path):
+    """The shipped long-clip graph as shipped (core Load Video -> DVA Face Align's VIDEO input -> file-backed
+    DVA Encode -> DVA Decode + Paste to Video -> core Save Video) on a real 8-frame clip with its audio:
+    every frame comes back at the source's size and rate, with the audio of those frames and each face
+    pasted back where it was."""
+    import av
+    import numpy as np
+
+    import torch
+
+    from dva_model.formats.video import FrameSelection, VideoWriter, audio_window, frame_times, iter_frames, probe
+    from media import single_face_video
+
+    frames, source = 8, probe(single_face_video())
+    clip = tmp_path / "eight_frames.mp4"
+    (_, pixels), = iter_frames(single_face_video(), selection=FrameSelection(max_frames=frames), chunk_size=frames,
+                               dtype=torch.uint8)
+    window = audio_window(source, range(frames), frame_times(single_face_video()))
+    with VideoWriter(clip, fps=source.fps, width=source.width, height=source.height,
+                     audio_from=single_face_video(), audio_window_s=window, lossless=True) as writer:
+        writer.write(pixels)
+    workflow = json.loads((WORKFLOWS / "api" / "long_clip_edit.json").read_text())
+    api.set_video(workflow, api.upload(server, clip))
+    api.set_inputs(workflow, [f"steps={STEPS}"])
+    history, _ = _run(server, workflow)
+    api.check_success(history)
+    (video,) = api.output_files(history)
+    out = api.download(server, video, tmp_path / "edited.mp4")
+    result = probe(out)
+    assert result.frame_count == frames and (result.width, result.height) == (source.width, source.height)
+    assert result.has_audio and float(result.fps) == pytest.approx(float(source.fps), rel=1e-3)
+    with av.open(str(out)) as container:
+        (audio,) = container.streams.audio
+        seconds = float(audio.duration * audio.time_base) if audio.duration else float(container.duration) / 1e6
+    assert seconds == pytest.approx(frames / float(source.fps), abs=0.1), "the audio of those frames"
+    (_, edited), = iter_frames(out, chunk_size=frames, dtype=torch.uint8)
+    difference = (edited.float() - pixels.float()).abs().amax(dim=-1).numpy()  # [8, H, W] levels
+    # A random model's inversion round trip nearly reconstructs the face, so a face pasted into the wrong
+    # frame or place would stand out: every frame must match its source up to the codec and that round trip.
+    assert np.median(difference) <= 3, "outside the face the frames are the source's (up to the codec)"
+    assert np.percentile(difference, 99.9, axis=(1, 2)).max() <= 24, "each face pasted back where it was"
+
+
 def test_core_load_video_to_core_save_video_keeps_audio_and_frame_count(server, object_info, prompt, tmp_path):
     """Core Load Video -> DVA Video Load (source_video) -> ... -> Paste Back's VIDEO -> core Save Video.
 

@@ -59,8 +59,10 @@ def run_once(args, checkpoint: Path, video: Path, name: str) -> dict:
     base, packs, models = root / "base", root / "packs", root / "models"
     for folder in (base / "custom_nodes", packs, models):
         folder.mkdir(parents=True, exist_ok=True)
-    if not (packs / "ComfyUI-DVA").exists():
-        (packs / "ComfyUI-DVA").symlink_to(REPO)
+    link = packs / "ComfyUI-DVA"
+    if link.is_symlink() or link.exists():  # a folder reused from a run of another checkout
+        link.unlink()
+    link.symlink_to(REPO)
     for name, target in ((CHECKPOINT_NAME, checkpoint), (CLASSIFIER_NAME, args.work / CLASSIFIER_NAME)):
         if not (models / name).exists():
             (models / name).symlink_to(target)
