@@ -299,15 +299,11 @@ def render_people(
     complete. Pixels outside every paste mask keep the source's values. ``decode_callback`` counts UNet
     calls, ``paste_callback`` frames written; either may raise to cancel (the workers stop first).
     """
-<<<<<<< HEAD
+    limit_heap_growth()
     first = people[0].faces
     info, total = first.info, len(first.indices)
     assert all(p.faces.indices == first.indices for p in people), "the people's tracks cover other frames"
     assert all(p.file.frames == int(p.faces.has_face.sum()) for p in people), "a latent file and its tracks disagree"
-=======
-    limit_heap_growth()
-    info, total = faces.info, len(faces.indices)
->>>>>>> main
     device = model_device(model)
     starts = range(0, total, chunk_frames)
     calls = sum(-(-(rows.stop - rows.start) // batch_size) * p.file.steps for p in people
