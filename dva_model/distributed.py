@@ -5,7 +5,10 @@ describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one GPU pe
 device is CUDA, gloo on the CPU. ``shard`` gives each process a contiguous block of rows whose start is
 a multiple of the batch size, so every network call sees exactly the frames it would see in a single
 process (same batches, same kernels: the result is bit-identical, not merely close). ``gather`` puts
-the blocks back together in frame order.
+the blocks back together in frame order. A stream of chunks (the edit's inversion and decoding,
+``dva_model.stages``) is dealt round robin instead (``owner``): each process computes its chunks and
+``send``s them to the first process, which ``receive``s them in order and writes the outputs, so no
+process holds more than a chunk.
 
 Without torchrun (no WORLD_SIZE) everything here is a no-op on one process.
 """
@@ -92,12 +95,48 @@ class Workers:
         sizes = [self._peer(rank).shard(count, align=align) for rank in range(self.world)]
         longest = max(s.stop - s.start for s in sizes)
         # all_gather needs equal shapes, and NCCL tensors on this process's GPU
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else part.device
-        padded = part.new_zeros((longest, *part.shape[1:]), device=device)
+        padded = part.new_zeros((longest, *part.shape[1:]), device=self._wire_device(part.device))
         padded[: len(part)] = part
         pieces = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(pieces, padded)
         return torch.cat([piece[: s.stop - s.start] for piece, s in zip(pieces, sizes)]).to(part.device)
+
+    def owner(self, chunk: int) -> int:
+        """The process that computes chunk number ``chunk`` of a stream: round robin, so the first
+        process, which consumes the stream in order, finds the next chunks already computed."""
+        return chunk % self.world
+
+    def send(self, tensor: Tensor, *, to: int) -> None:
+        """Send ``tensor`` to process ``to`` (which calls ``receive`` with its shape and dtype)."""
+        import torch.distributed as dist
+
+        dist.send(tensor.contiguous().to(self._wire_device(tensor.device)), dst=to)
+
+    def receive(self, shape: tuple, dtype: torch.dtype, *, source: int, device: torch.device) -> Tensor:
+        """The tensor of ``shape`` and ``dtype`` that process ``source`` sends, on ``device``."""
+        import torch.distributed as dist
+
+        tensor = torch.empty(shape, dtype=dtype, device=self._wire_device(device))
+        dist.recv(tensor, src=source)
+        return tensor.to(device)
+
+    def broadcast_text(self, text: str) -> str:
+        """The first process's ``text`` on every process (e.g. the path of a file it created)."""
+        if not self.distributed:
+            return text
+        import torch.distributed as dist
+
+        box = [text if self.is_root else None]
+        dist.broadcast_object_list(box, src=0)  # a str between our own processes
+        return box[0]
+
+    def _wire_device(self, device: torch.device) -> torch.device:
+        """NCCL moves tensors between GPUs (this process's), gloo between CPUs."""
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def barrier(self) -> None:
         if self.distributed:

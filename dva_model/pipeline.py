@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from dva_model.distributed import Workers
 from dva_model.edit.classifier import EditNorm
 from dva_model.edit.identity import IdentityEdit, compose_identity_edits, identity_edits
 from dva_model.errors import UserError
@@ -36,7 +37,9 @@ from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSele
 from dva_model.progress import ProgressCallback, StageProgress, report
 from dva_model.progress import no_progress as _no_progress
 from dva_model.formats.video import MAX_CRF
-from dva_model.stages import PersonEdit, auto_batch_size, encode_video_to_file, invert_file, model_device, render_people
+from dva_model.stages import (
+    PersonEdit, auto_batch_size, decode_for_first, encode_video_to_file, invert_file, model_device, render_people,
+)
 from dva_model.tracks import AlignedClip, FaceTracks, align_in_memory, align_video, track_video
 
 log = logging.getLogger(__name__)
@@ -201,26 +204,37 @@ def encode_to_latent_file(
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     model_id: str = "",
     stage_progress: StageProgress = _no_progress,
+    workers: Workers = Workers(),
 ) -> LatentFile:
     """Crop, encode and invert every frame with a face of ``path`` into the latent file ``latent_path``.
 
     Returns the finished file, open for reading (close it when done). Stages "encode" (frames) and
-    "invert" (UNet calls). ``batch_size`` 0 follows the device's free memory.
+    "invert" (UNet calls). ``batch_size`` 0 follows the device's free memory. With several ``workers``
+    (torchrun) the first process encodes and writes the file (the clip identity needs every crop);
+    the others open it to read and invert their share of the chunks (``invert_file``).
     """
     if faces.config.size != model.image_size:
         raise UserError(f"The model works on {model.image_size}px crops but the alignment made {faces.config.size}px ones.")
     batch = batch_size or auto_batch_size(model_device(model), model.image_size)
     chunk = max(chunk_frames, batch)
-    file = LatentFile.create(latent_path, frames=int(faces.has_face.sum()), image_size=model.image_size, steps=steps,
-                             model_id=model_id, frame_names=row_names(faces))
+    file = None
     try:
-        identity = encode_video_to_file(path, faces, model, file, selection=selection, batch_size=batch,
-                                        chunk_frames=chunk, callback=stage_progress("encode"))
-        invert_file(model, file, identity, steps=steps, batch_size=batch, chunk_frames=chunk,
-                    callback=stage_progress("invert"))
+        if workers.is_root:
+            file = LatentFile.create(latent_path, frames=int(faces.has_face.sum()), image_size=model.image_size,
+                                     steps=steps, model_id=model_id, frame_names=row_names(faces))
+            encode_video_to_file(path, faces, model, file, selection=selection, batch_size=batch,
+                                 chunk_frames=chunk, callback=stage_progress("encode"))
+        if workers.distributed:
+            shared = workers.broadcast_text(str(file.unfinished_path) if workers.is_root else "")
+            file = file or LatentFile.open(shared)
+            workers.barrier()  # every process has the file open before the first one renames it
+        invert_file(model, file, file.read("identity"), steps=steps, batch_size=batch, chunk_frames=chunk,
+                    callback=stage_progress("invert"), workers=workers)
+        workers.barrier()  # every x_T is in the file before anyone reads it back
         file.commit()
     except BaseException:
-        file.discard()
+        if file is not None:
+            file.discard()
         raise
     return file
 
@@ -278,6 +292,7 @@ def edit_tracked(
     model_id: str = "",
     on_edited: Optional[Callable[[slice, torch.Tensor], None]] = None,
     stage_progress: StageProgress = _no_progress,
+    workers: Workers = Workers(),
 ) -> EditResult:
     """Everything after tracking: crop + encode + invert into a latent file, then decode with the edited
     identity, paste back and write ``out_path``.
@@ -285,12 +300,14 @@ def edit_tracked(
     ``faces`` must come from ``track_video(path, ..., selection=selection)``. ``target(identity)``
     replaces the edit of ``config`` (deltas, attributes) when given. ``latent_path`` keeps the
     encoding (else a temporary file is used). ``on_edited(rows, crops)`` sees the edited crops.
-    Stages: "encode", "invert", "decode", "paste".
+    Stages: "encode", "invert", "decode", "paste". With several ``workers`` (torchrun, every process
+    calling this with the same arguments) the chunks of frames are split across the processes after
+    the clip identity is computed, and the first process writes the latent file and the video.
     """
     edits = config.identity_edits(classifier)  # refuses attribute edits without a classifier
     target = target or (lambda identity: compose_identity_edits(identity, edits))
     return edit_faces([FaceEdit(faces, target, latent_path, on_edited)], path, out_path, model, config=config,
-                      selection=selection, model_id=model_id, stage_progress=stage_progress)
+                      selection=selection, model_id=model_id, stage_progress=stage_progress, workers=workers)
 
 
 def edit_faces(
@@ -303,6 +320,7 @@ def edit_faces(
     selection: FrameSelection = FrameSelection(),
     model_id: str = "",
     stage_progress: StageProgress = _no_progress,
+    workers: Workers = Workers(),
 ) -> EditResult:
     """Edit several people of one video in one run: each person's crops are encoded and inverted into
     their own latent file with their own clip identity, decoded with their own target identity, and
@@ -310,8 +328,13 @@ def edit_faces(
     where they overlap). Frames where nobody chosen is present, and every pixel outside the chosen
     faces' paste masks, keep the source's values. Stages per person "encode", "invert"; then "decode",
     "paste" once. ``config``'s own edits are not used: each ``FaceEdit.target`` says the edit.
+    Several ``workers`` (torchrun) share one person's edit (``edit_tracked``); several people run in one
+    process.
     """
+    if workers.world > 1 and len(people) > 1:
+        raise UserError("Several faces are edited in one process; run this edit without torchrun.")
     batch = config.batch_size or auto_batch_size(model_device(model), model.image_size)
+    batch = int(workers.broadcast_text(str(batch)))  # the first process's: the same batches everywhere
     chunk = max(config.chunk_frames, batch)
     with ExitStack() as stack:
         jobs = []
@@ -320,16 +343,22 @@ def edit_faces(
             with _blamed_on(person.latent_path or out_path):  # the hidden work file means nothing to the user
                 latent = stack.enter_context(encode_to_latent_file(
                     path, person.faces, model, work, steps=config.steps, selection=selection, batch_size=batch,
-                    chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress))
+                    chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress, workers=workers))
             jobs.append(PersonEdit(person.faces, latent, person.target(latent.read("identity")), person.on_edited))
-        written = render_people(path, out_path, jobs, model, selection=selection, paste=config.paste, batch_size=batch,
-                                chunk_frames=chunk, crf=config.crf, lossless=config.lossless,
-                                decode_callback=stage_progress("decode"), paste_callback=stage_progress("paste"))
+        if workers.is_root:
+            written = render_people(path, out_path, jobs, model, selection=selection, paste=config.paste,
+                                    batch_size=batch, chunk_frames=chunk, crf=config.crf, lossless=config.lossless,
+                                    decode_callback=stage_progress("decode"), paste_callback=stage_progress("paste"),
+                                    workers=workers)
+        else:
+            job = jobs[0]
+            decode_for_first(model, job.file, job.faces, job.target, batch_size=batch, chunk_frames=chunk,
+                             workers=workers)
+            written = Path(out_path)  # written by the first process
     anyone = np.logical_or.reduce([person.faces.has_face for person in people])  # [N]
     indices = people[0].faces.indices
     untouched = tuple((indices[run.start], indices[run.stop - 1]) for run in true_runs(~anyone))
     return EditResult(path=written, frames=len(indices), edited=int(anyone.sum()), untouched=untouched)
-
 
 def edit_video(
     path: PathLike,

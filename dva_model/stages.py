@@ -16,6 +16,7 @@ masks of the frames after it are known.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from dva_model.constants import ID_DIM
+from dva_model.distributed import Workers
 from dva_model.face.paste import (
     PasteConfig, crop_rows, paste_frames, run_bounds, smooth_rows, spatial_masks, temporal_radius,
 )
@@ -37,6 +39,7 @@ from dva_model.progress import ProgressCallback, report
 from dva_model.tracks import FaceTracks, decoded_chunks, iter_crops
 from dva_model.workers import Background, QueueStats, Sink
 
+log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 DEFAULT_CPU_BATCH = 8  # frames per network call on the CPU
 # Estimated activation memory of one 256x256 frame in one UNet call (eager), used to size batches
@@ -69,6 +72,11 @@ class _CallCounter:
 
     def __call__(self, _done: int, _total: int) -> None:
         self.done += 1
+        report(self.callback, self.done, self.total)
+
+    def skip(self, calls: int) -> None:
+        """Count ``calls`` that another process made."""
+        self.done += calls
         report(self.callback, self.done, self.total)
 
 
@@ -122,16 +130,36 @@ def invert_file(
     batch_size: int = DEFAULT_CPU_BATCH,
     chunk_frames: int = 16,
     callback: Optional[ProgressCallback] = None,
+    workers: Workers = Workers(),
 ) -> None:
     """x_T of every crop in ``file`` by DDIM inversion with ``identity`` [512], written row by row.
 
-    Crops are read a chunk ahead in a worker thread; ``callback`` counts UNet calls.
+    Crops are read a chunk ahead in a worker thread; ``callback`` counts UNet calls. With several
+    ``workers`` (torchrun) the chunks are dealt round robin; each process inverts its own (the same
+    chunks and batches as one process, so the same numbers) and the first one, which writes the file,
+    receives the others' x_T in order.
     """
     counter = _CallCounter(callback, _calls(file.frames, chunk_frames, batch_size, steps - 1))
-    reads = ((rows, file.read("crops", rows), file.read("z_lnd", rows)) for rows in batches(file.frames, chunk_frames))
-    with Background(reads, name="dva-read") as chunks:
-        for rows, crops, z_lnd in chunks:
-            x_T = model.invert(crops, identity, z_lnd, steps=steps, batch_size=batch_size, callback=counter)
+    chunks = list(batches(file.frames, chunk_frames))
+    own = [k for k in range(len(chunks)) if workers.owner(k) == workers.rank]
+    if workers.distributed:
+        log.info("process %d of %d: inverting crop chunks %s of %d", workers.rank, workers.world, own, len(chunks))
+    reads = ((k, file.read("crops", chunks[k]), file.read("z_lnd", chunks[k])) for k in own)
+    with Background(reads, name="dva-read") as background:
+        ahead = iter(background)
+        for k, rows in enumerate(chunks):
+            if workers.owner(k) == workers.rank:
+                _, crops, z_lnd = next(ahead)
+                x_T = model.invert(crops, identity, z_lnd, steps=steps, batch_size=batch_size, callback=counter)
+                if not workers.is_root:
+                    workers.send(x_T.float(), to=0)  # stored as float32 in the file either way
+                    continue
+            elif workers.is_root:
+                x_T = workers.receive((rows.stop - rows.start, 3, file.image_size, file.image_size), torch.float32,
+                                      source=workers.owner(k), device=torch.device("cpu"))
+                counter.skip(_calls(rows.stop - rows.start, chunk_frames, batch_size, steps - 1))
+            else:
+                continue
             file.write("x_T", rows.start, x_T)
 
 
@@ -222,30 +250,56 @@ def _smoothed(chunks: Iterator[_Chunk], smoother: TemporalMaskSmoother) -> Itera
 
 
 def _edit_chunks(model, file: LatentFile, faces: FaceTracks, target: torch.Tensor, *, paste: PasteConfig,
-                 batch_size: int, chunk_frames: int, counter, on_edited) -> Iterator[_Chunk]:
-    """Decode and mask the crops of every chunk of frames (model work, in the caller's thread)."""
+                 batch_size: int, chunk_frames: int, counter, on_edited,
+                 workers: Workers = Workers()) -> Iterator[_Chunk]:
+    """Decode and mask the crops of every chunk of frames (model work, in the caller's thread); with
+    several ``workers`` the chunks ``workers.owner`` gives to another process arrive decoded from it
+    (``decode_for_first``)."""
     need_source = paste.composite == "release"
 
-    def read(positions: range):
+    def read(k: int, positions: range):
         rows = faces.crop_rows(positions)
         if rows.stop == rows.start:
             return positions, rows, None, None, None
+        if workers.owner(k) != workers.rank:  # decoded by another process: only the source crops here
+            return positions, rows, None, None, file.read("crops", rows)
         return positions, rows, file.read("x_T", rows), file.read("z_lnd", rows), file.read("crops", rows)
 
-    reads = (read(range(p, min(p + chunk_frames, len(faces.indices))))
-             for p in range(0, len(faces.indices), chunk_frames))
+    reads = (read(k, range(p, min(p + chunk_frames, len(faces.indices))))
+             for k, p in enumerate(range(0, len(faces.indices), chunk_frames)))
     with Background(reads, name="dva-read") as chunks:
-        for positions, rows, x_T, z_lnd, source in chunks:
-            if x_T is None:
+        for k, (positions, rows, x_T, z_lnd, source) in enumerate(chunks):
+            if rows.stop == rows.start:
                 yield _Chunk(positions, rows, None, None)
                 continue
-            edited = model.decode(x_T, target, z_lnd, steps=file.steps, batch_size=batch_size, callback=counter)
+            if x_T is not None:
+                edited = model.decode(x_T, target, z_lnd, steps=file.steps, batch_size=batch_size, callback=counter)
+            else:
+                edited = workers.receive((rows.stop - rows.start, 3, file.image_size, file.image_size), torch.float32,
+                                         source=workers.owner(k), device=model_device(model))
+                counter.skip(-(-(rows.stop - rows.start) // batch_size) * file.steps)
             source_labels = model.parse(source, batch_size=batch_size)
             edited_labels = model.parse(edited, batch_size=batch_size) if paste.union_edited else None
             masks = spatial_masks(source_labels, edited_labels, config=paste)
             if on_edited is not None:
                 on_edited(rows, edited)
             yield _Chunk(positions, rows, edited, source if need_source else None, masks)
+
+
+def decode_for_first(model, file: LatentFile, faces: FaceTracks, target: torch.Tensor, *, batch_size: int,
+                     chunk_frames: int, workers: Workers) -> None:
+    """Another process's share of ``render_video`` under torchrun: decode the chunks of frames that
+    ``workers.owner`` gives it (the same chunks and batches as one process) and send the edited crops
+    [m, 3, S, S] float32 to the first process, which parses, pastes and writes them in order."""
+    total = len(faces.indices)
+    own = [k for k in range(-(-total // chunk_frames)) if workers.owner(k) == workers.rank]
+    log.info("process %d of %d: decoding frame chunks %s", workers.rank, workers.world, own)
+    for k in own:
+        rows = faces.crop_rows(range(k * chunk_frames, min((k + 1) * chunk_frames, total)))
+        if rows.stop > rows.start:
+            edited = model.decode(file.read("x_T", rows), target, file.read("z_lnd", rows), steps=file.steps,
+                                  batch_size=batch_size)
+            workers.send(edited, to=0)
 
 
 @dataclass(frozen=True)
@@ -290,6 +344,7 @@ def render_people(
     decode_callback: Optional[ProgressCallback] = None,
     paste_callback: Optional[ProgressCallback] = None,
     stats: Optional[QueueStats] = None,
+    workers: Workers = Workers(),
 ) -> Path:
     """Pass 3: decode every person's crops with their target identity, paste them into the frames in the
     order of ``people`` (a later person covers an earlier one where they overlap), write ``out_path``.
@@ -298,6 +353,8 @@ def render_people(
     fps / stride and the audio of the selected time range; nothing appears at ``out_path`` unless it is
     complete. Pixels outside every paste mask keep the source's values. ``decode_callback`` counts UNet
     calls, ``paste_callback`` frames written; either may raise to cancel (the workers stop first).
+    With several ``workers`` (torchrun; this is the first process) the others decode their chunks
+    (``decode_for_first``); that works for one person only.
     """
     limit_heap_growth()
     first = people[0].faces
@@ -333,7 +390,8 @@ def render_people(
 
             with Sink(paste_one, name="dva-paste", stats=stats) as paster:
                 streams = [_smoothed(_edit_chunks(model, p.file, p.faces, p.target, paste=paste, batch_size=batch_size,
-                                                  chunk_frames=chunk_frames, counter=counter, on_edited=p.on_edited),
+                                                  chunk_frames=chunk_frames, counter=counter, on_edited=p.on_edited,
+                                                  workers=workers),
                                      TemporalMaskSmoother(paste.temporal_sigma, p.faces.face_frame_numbers))
                            for p in people]
                 for chunks in zip(*streams):  # one chunk of the same frames from every person

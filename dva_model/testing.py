@@ -16,6 +16,7 @@ head gain 0.1 -> ~9 dB at 10 steps, 0.01 -> ~18 dB, 0.001 -> ~40 dB).
 """
 
 import contextlib
+import dataclasses
 import math
 from typing import Iterator, Optional
 
@@ -109,6 +110,16 @@ def tiny_unet_config() -> UNetConfig:
         attention_resolutions=(8,),
         embed_channels=64,
     )
+
+
+def tiny_crop_unet_config(size: int = 256) -> UNetConfig:
+    """The released UNet structure at toy width on real ``size`` crops (the encoders need 256 crops).
+
+    Width 8 keeps every GroupNorm at <= 32 channels (one channel a group), so the decoder's
+    concatenations divide evenly, and a 256 x 256 forward stays cheap on a CPU.
+    """
+    return dataclasses.replace(tiny_unet_config(), image_size=size, model_channels=8, channel_mult=(1, 1, 2, 2),
+                               attention_resolutions=(size // 8,))
 
 
 @contextlib.contextmanager

@@ -21,20 +21,14 @@ comfy_api_fake.install()  # the nodes' V3 API (comfy_api.v0_0_2) without a Comfy
 from dva_model.formats.checkpoint import save_model  # noqa: E402
 from dva_model.formats.release_keys import release_state_from_model  # noqa: E402
 from dva_model.model import DVAConfig, DVAModel
-from dva_model.testing import randomize_, tiny_unet_config
+from dva_model.testing import randomize_, tiny_crop_unet_config
 
 TINY_IMAGE_SIZE = 256  # the encoders crop fixed pixel rows of a 256 crop, so the UNet works at 256 too
 
 
 def tiny_dva_config() -> DVAConfig:
-    """The released UNet structure at toy width, at the released crop size.
-
-    Width 8 keeps every GroupNorm at <= 32 channels (one channel a group), so the decoder's
-    concatenations divide evenly, and a 256 x 256 forward stays cheap on a CPU.
-    """
-    unet = dataclasses.replace(tiny_unet_config(), image_size=TINY_IMAGE_SIZE, model_channels=8,
-                               channel_mult=(1, 1, 2, 2), attention_resolutions=(TINY_IMAGE_SIZE // 8,))
-    return DVAConfig(unet=unet)
+    """The released UNet structure at toy width, at the released crop size (``tiny_crop_unet_config``)."""
+    return DVAConfig(unet=tiny_crop_unet_config(TINY_IMAGE_SIZE))
 
 
 def make_tiny_model(seed: int, config: Optional[DVAConfig] = None) -> DVAModel:

@@ -2,6 +2,9 @@
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +58,36 @@ def test_two_gloo_processes_gather_every_row_in_order():
         device, got_rank, gathered = out[rank]
         assert device == "cpu" and got_rank == rank
         assert torch.equal(gathered, expected)
+
+
+def test_torchrun_edit_writes_what_one_process_writes(tmp_path, tiny_checkpoint):
+    """`torchrun --nproc-per-node 2 -m dva_model edit`: two gloo processes split the chunks of frames after
+    the clip identity (20 frames in chunks of 16: the second process inverts and decodes frames 16-19)
+    and the first writes the video; every frame is identical to the one-process edit's. Both runs use
+    one thread a process (torchrun's default), so the kernels are the same."""
+    from dva_model.formats.video import iter_frames
+    from media import single_face_video
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    edit = ["edit", "--checkpoint", str(tiny_checkpoint), "--video", str(single_face_video()), "--max-frames", "20",
+            "--steps", "2", "--batch-size", "2", "--device", "cpu", "--lossless"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = subprocess.run([sys.executable, "-m", "dva_model", "--quiet", *edit, "--out", str(tmp_path / "one" / "e.mp4")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "dva_model", *edit, "--out", str(tmp_path / "two" / "e.mp4")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for line in ("process 0 of 2: inverting crop chunks [0] of 2", "process 1 of 2: inverting crop chunks [1] of 2",
+                 "process 1 of 2: decoding frame chunks [1]"):
+        assert line in two.stderr, two.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["e.mp4"]  # one writer, no leftovers
+    frames = 0
+    for (_, a), (_, b) in zip(iter_frames(tmp_path / "one" / "e.mp4", dtype=torch.uint8),
+                              iter_frames(tmp_path / "two" / "e.mp4", dtype=torch.uint8), strict=True):
+        assert torch.equal(a, b)
+        frames += len(a)
+    assert frames == 20

@@ -9,6 +9,8 @@ the stages are timed by wrapping the library functions that do them (no timing c
     decode        DDIM decoding                                parse    BiSeNet masks
     paste         edited crops pasted into the frames          write    video encoding and muxing
 
+Decoding, warping, paste-back and writing run in worker threads beside the model (the streaming
+pipeline), so the stages overlap and their seconds can add up to more than the total, which is wall time.
 Both outputs are written losslessly and compared frame by frame (max difference in 1/255 levels).
 """
 
@@ -19,7 +21,6 @@ import json
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -27,66 +28,46 @@ import torch
 STAGES = ("decode video", "detect", "align/warp", "encode", "edit", "invert", "decode", "parse", "paste", "write")
 
 
-class StageClock:
-    """Accumulates seconds per stage; ``wrap`` times a function, ``wrap_iterator`` each ``next`` of an iterator."""
-
-    def __init__(self, device: str):
-        self.seconds, self.device = defaultdict(float), device
-
-    def _sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def wrap(self, stage: str, fn):
-        def timed(*args, **kwargs):
-            self._sync()
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._sync()
-                self.seconds[stage] += time.perf_counter() - start
-        return timed
-
-    def wrap_iterator(self, stage: str, fn):
-        def iterate(*args, **kwargs):
-            iterator = iter(fn(*args, **kwargs))
-            while True:
-                start = time.perf_counter()
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    return
-                finally:
-                    self.seconds[stage] += time.perf_counter() - start
-                yield item
-        return iterate
+# (stage, module, function, kind): the library functions that do each stage, wrapped where the pipeline
+# looks them up. "iterator" times each item of a generator. A name that moved fails loudly (SystemExit).
+PIPELINE_FUNCTIONS = (
+    ("decode video", "dva_model.tracks", "iter_frames", "iterator"),
+    ("align/warp", "dva_model.tracks", "align_frames", "call"),
+    ("edit", "dva_model.pipeline", "compose_identity_edits", "call"),
+    ("paste", "dva_model.stages", "paste_frames", "call"),
+    ("write", "dva_model.formats.video", "VideoWriter.write", "call"),
+    ("write", "dva_model.formats.video", "VideoWriter.close", "call"),
+)
+MODEL_METHODS = (("encode", "encode_features"), ("invert", "invert"), ("decode", "decode"), ("parse", "parse"))
 
 
 def instrument(clock: StageClock, model, landmarker) -> None:
-    """Wrap the pipeline's stage functions (module globals and the model's methods) with ``clock``."""
-    from dva_model import pipeline
-    from dva_model.formats import video
+    """Wrap the pipeline's stage functions (``PIPELINE_FUNCTIONS``, the model's methods, the landmarker)."""
+    import importlib
 
-    pipeline.iter_frames = clock.wrap_iterator("decode video", pipeline.iter_frames)
-    pipeline.align_frames = clock.wrap("align/warp", pipeline.align_frames)
-    pipeline.edited_identity = clock.wrap("edit", pipeline.edited_identity)
-    pipeline.paste_back = clock.wrap("paste", pipeline.paste_back)
-    video.VideoWriter.write = clock.wrap("write", video.VideoWriter.write)
-    video.VideoWriter.close = clock.wrap("write", video.VideoWriter.close)
-    for stage, name in (("encode", "encode_features"), ("invert", "invert"), ("decode", "decode"), ("parse", "parse")):
+    for stage, module_name, name, kind in PIPELINE_FUNCTIONS:
+        owner = importlib.import_module(module_name)
+        *path, attribute = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        if not hasattr(owner, attribute):
+            raise SystemExit(f"benchmark edit: {module_name} has no {name} any more; update PIPELINE_FUNCTIONS "
+                             f"in {__file__} to the function that does the {stage!r} stage now.")
+        wrap = clock.wrap_iterator if kind == "iterator" else clock.wrap
+        setattr(owner, attribute, wrap(stage, getattr(owner, attribute)))
+    for stage, name in MODEL_METHODS:
         setattr(model, name, clock.wrap(stage, getattr(model, name)))
     landmarker.detector.detect = clock.wrap("detect", landmarker.detector.detect)
     landmarker.predictor.landmarks = clock.wrap("detect", landmarker.predictor.landmarks)
 
 
 def run_one(args) -> dict:
-    """One setting in this process: load, instrument, edit, report seconds per frame."""
+    """One setting in this process: load, instrument, edit; returns seconds per stage and what they count."""
     from dva_model.face.landmarks import make_landmarker
     from dva_model.formats.checkpoint import load_model
     from dva_model.formats.video import FrameSelection
     from dva_model.pipeline import EditConfig, edit_video
-    from benchmark import REFERENCE_BATCH, peak_memory, prepare, unet_flops, warm_up
+    from benchmark import REFERENCE_BATCH, StageClock, peak_memory, prepare, unet_flops, warm_up
 
     reference = args.role == "reference"
     model = load_model(args.checkpoint, device=args.device)
@@ -94,7 +75,7 @@ def run_one(args) -> dict:
         prepare(model, args)
     batch = REFERENCE_BATCH if reference else args.batch_size
     warm = warm_up(model, torch.zeros(batch, 3, model.image_size, model.image_size), batch, args.device)
-    compile_s = 0.0 if reference else warm  # the reference's warm-up only settles the allocator / cuDNN
+    compiles = not reference and (args.compile or args.cuda_graphs)
     landmarker = make_landmarker(detector="dlib", landmarks="dlib")
     if not reference and args.detect_every > 1:
         from dva_model.face.keyframe import keyframe_landmarker
@@ -105,18 +86,14 @@ def run_one(args) -> dict:
     start = time.perf_counter()
     result = edit_video(args.video, args.out, model, landmarker, config=EditConfig(
         steps=args.steps, batch_size=batch, lossless=True), selection=FrameSelection(max_frames=args.max_frames))
-    total = time.perf_counter() - start
-    frames = result.frames
-    stage_seconds = {stage: clock.seconds.get(stage, 0.0) for stage in STAGES}
-    unet_s = stage_seconds["invert"] + stage_seconds["decode"]
-    frame_forwards = result.edited * (2 * args.steps - 1)
-    flops = unet_flops(model, model.image_size, args.device)
+    seconds = {stage: clock.seconds.get(stage, 0.0) for stage in STAGES}
     return {
-        "role": args.role, "mode": "eager" if reference else model.runner.options.describe(),
-        "precision": "fp32" if reference else args.precision, "batch_size": batch, "frames": frames,
-        "s_per_frame": {**{k: v / frames for k, v in stage_seconds.items()}, "total": total / frames},
-        "unet_ms_per_frame_forward": 1000 * unet_s / frame_forwards,
-        "tflop_per_s": flops * frame_forwards / unet_s / 1e12, "compile_s": compile_s, **peak_memory(args.device),
+        "seconds": {**seconds, "total": time.perf_counter() - start}, "frames": result.frames,
+        "edited": result.edited, "flops": unet_flops(model, model.image_size, args.device),
+        "mode": "eager" if reference else model.runner.options.describe(),
+        "precision": "fp32" if reference else args.precision, "batch_size": batch,
+        "compile_s": warm if compiles else 0.0,  # the reference's warm-up only settles the allocator / cuDNN
+        **peak_memory(args.device),
     }
 
 
@@ -131,33 +108,40 @@ def frame_difference(a: Path, b: Path) -> int:
 
 
 def run_edit(args) -> dict:
+    """Both settings alternately, each run in its own process (so its peak memory is its own)."""
+    from benchmark import ROLES, print_table, summarize
+
     if args.role:
         return run_one(args)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for role in ("reference", "ours"):
-        out = args.work / f"{role}.mp4"
-        command = [sys.executable, __file__.replace("benchmark_edit.py", "benchmark.py"), *sys.argv[1:],
-                   "--role", role, "--out", str(out)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"the {role} run failed:\n{done.stderr[-3000:]}")
-        results[role] = json.loads(done.stdout)
-    results["output_difference_levels"] = frame_difference(args.work / "ours.mp4", args.work / "reference.mp4")
-    results["speedup_total"] = results["reference"]["s_per_frame"]["total"] / results["ours"]["s_per_frame"]["total"]
+    runs = {role: [] for role in ROLES}
+    for _ in range(args.repeat):
+        for role in ROLES:
+            out = args.work / f"{role}.mp4"
+            command = [sys.executable, __file__.replace("benchmark_edit.py", "benchmark.py"), *sys.argv[1:],
+                       "--role", role, "--out", str(out)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"the {role} run failed:\n{done.stderr[-3000:]}")
+            runs[role].append(json.loads(done.stdout))
+    first = runs["ours"][0]
+    frame_forwards = first["edited"] * (2 * args.steps - 1)
+    results = {"video": str(args.video), "frames": first["frames"], "edited": first["edited"], "steps": args.steps,
+               **summarize({role: [r["seconds"] for r in runs[role]] for role in ROLES}, frames=first["frames"],
+                           frame_forwards=frame_forwards, flops=first["flops"])}
+    for role in ROLES:
+        last = runs[role][-1]
+        results["runs"][role].update({key: last[key] for key in ("mode", "precision", "batch_size")})
+        results["runs"][role]["compile_s"] = max(r["compile_s"] for r in runs[role])
+        for key in ("peak_host_gb", "peak_device_gb"):
+            if key in last:
+                results["runs"][role][key] = max(r[key] for r in runs[role])
+    with_compile = runs["ours"][0]["seconds"]["total"] + runs["ours"][0]["compile_s"]
+    results["speedup_with_compile"] = runs["reference"][0]["seconds"]["total"] / with_compile
+    results["output_difference"] = {"frame_max_levels": frame_difference(args.work / "ours.mp4",
+                                                                         args.work / "reference.mp4")}
     print_table(results)
     return results
-
-
-def print_table(results: dict) -> None:
-    rows = [*STAGES, "total"]
-    lines = [f"{'s/frame':<14}{'reference':>12}{'ours':>12}"]
-    for stage in rows:
-        ref, ours = results["reference"]["s_per_frame"][stage], results["ours"]["s_per_frame"][stage]
-        lines.append(f"{stage:<14}{ref:>12.4f}{ours:>12.4f}")
-    for key in ("unet_ms_per_frame_forward", "tflop_per_s", "peak_host_gb", "compile_s"):
-        lines.append(f"{key:<26}" + "".join(f"{results[r].get(key, float('nan')):>12.3f}" for r in ("reference", "ours")))
-    sys.stderr.write("\n".join(lines) + "\n")
 
 
 def add_parser(commands, add_speed_options) -> None:

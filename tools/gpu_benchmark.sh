@@ -45,7 +45,7 @@ MODES=(
 for entry in "${MODES[@]}"; do
   name=${entry%%|*}; options=${entry#*|}
   # shellcheck disable=SC2086
-  "$PYTHON" tools/benchmark.py unet --checkpoint "$CKPT" --frames "$FRAMES" --steps "$STEPS" --device cuda \
+  "$PYTHON" tools/benchmark.py crops --checkpoint "$CKPT" --frames "$FRAMES" --steps "$STEPS" --device cuda \
     $options > "$OUT/unet_$name.json" || echo "mode $name failed (see above)"
 done
 "$PYTHON" - "$OUT" <<'EOF'

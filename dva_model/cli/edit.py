@@ -10,6 +10,7 @@ from dva_model.cli.faces import add_face_choice_options, people_from_args, witho
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
                                   load_model_from_args)
 from dva_model.cli.options import crf_value, ddim_steps, non_negative_float, non_negative_int
+from dva_model.distributed import Workers, close
 from dva_model.errors import UserError
 from dva_model.formats.files import file_fingerprint
 from dva_model.face.tracking import TrackConfig
@@ -65,25 +66,38 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, paste=paste, lossless=args.lossless, crf=args.crf)
     check_output_path(args.video, args.out)
     selection = selection_from_args(args)
-    progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
+    # Under torchrun every process runs this command: each takes its own device and share of the
+    # frames; the first one draws the bars and writes the files (dva_model.distributed).
+    workers, args.device = Workers.from_environment(args.device)
+    try:
+        return _edit(args, edits, config, selection, workers)
+    finally:
+        close(workers)
+
+
+def _edit(args: argparse.Namespace, edits, config: EditConfig, selection, workers: Workers) -> int:
+    progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet and workers.is_root))
     # Faces first: a video without a face fails before the (large) model is loaded.
     people = people_from_args(args, selection, device=args.device, progress=progress)
     if people is not None and people[2] is not None:
-        return _edit_people(args, people, config, selection, progress)
+        return _edit_people(args, people, config, selection, progress, workers)
     faces = track_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
                         align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
                         chunk_size=config.chunk_frames, callback=progress("faces"))
     model = load_model_from_args(args)
     result = edit_tracked(faces, args.video, args.out, model, classifier=edits.classifier, config=config,
                           selection=selection, latent_path=args.save_latent,
-                          model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress)
+                          model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress,
+                          workers=workers)
+    if not workers.is_root:
+        return 0
     for first, last in result.untouched:
         log.warning("no face in frames %d-%d: copied unchanged", first, last)
     log.info("wrote %s (%d frames, %d edited)", result.path, result.frames, result.edited)
     return 0
 
 
-def _edit_people(args: argparse.Namespace, people, config: EditConfig, selection, progress) -> int:
+def _edit_people(args: argparse.Namespace, people, config: EditConfig, selection, progress, workers: Workers) -> int:
     """--faces / --face-reference: every chosen face with its own edits (unscoped ones and its @LABEL ones)."""
     from dva_model.cli.faces import edits_per_face
     from dva_model.edit.identity import compose_identity_edits
@@ -102,7 +116,10 @@ def _edit_people(args: argparse.Namespace, people, config: EditConfig, selection
                              latent_path=args.save_latent))
     model = load_model_from_args(args)
     result = edit_faces(jobs, args.video, args.out, model, config=config, selection=selection,
-                        model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress)
+                        model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress,
+                        workers=workers)
+    if not workers.is_root:
+        return 0
     for first, last in result.untouched:
         log.warning("none of the chosen faces in frames %d-%d: copied unchanged", first, last)
     log.info("wrote %s (%d frames, %d with a chosen face; faces %s)", result.path, result.frames, result.edited,

@@ -174,6 +174,11 @@ class LatentFile:
         return cls(path, fd, slots, metadata)
 
     @property
+    def unfinished_path(self) -> Optional[Path]:
+        """Where a file being written lies until ``commit`` (other processes may ``open`` it to read rows)."""
+        return self._writing
+
+    @property
     def has_crops(self) -> bool:
         return "crops" in self._slots
 

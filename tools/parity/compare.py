@@ -12,7 +12,8 @@ Runs, with the random Lightning checkpoint and classifier that make_reference.py
     decoded crops (PNG)              max |ours - ref| <= 2 / 255, unedited and edited
 Prints one line per check and a JSON report; exit status 0 when every check passes, 1 otherwise.
 ``--unet-mode`` runs our side with a faster UNet path (channels-last and/or torch.compile) against the
-same reference outputs and tolerances.
+same reference outputs and tolerances. ``--precision bf16`` (or fp16) runs our UNet in reduced precision:
+the tolerances are those of fp32, so this measures the difference rather than promising to pass.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -91,13 +93,14 @@ def run_cli(python: str, arguments: list[str], log_path: Path) -> float:
 
 
 def run_ours(python: str, reference_out: Path, work: Path, metadata: dict,
-             unet_mode: str = "eager") -> dict[str, float]:
-    """Encode, decode and decode-with-edit through our CLI with the UNet path ``unet_mode``; returns timings."""
+             unet_mode: str = "eager", precision: str = "fp32") -> dict[str, float]:
+    """Encode, decode and decode-with-edit through our CLI with the UNet path ``unet_mode`` and the UNet
+    ``precision``; returns timings."""
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "cli.log"
     log_path.write_text("")
     paths = {k: Path(v) for k, v in metadata["checkpoint"].items()}
-    common = ["--checkpoint", str(paths["dva"]), "--device", "cpu", "--precision", "fp32",
+    common = ["--checkpoint", str(paths["dva"]), "--device", "cpu", "--precision", precision,
               "--batch-size", str(CLI_BATCH), *UNET_MODES[unet_mode]]
     steps = ["--steps", str(metadata["steps"])]
     latent = work / "latent.safetensors"
@@ -111,6 +114,13 @@ def run_ours(python: str, reference_out: Path, work: Path, metadata: dict,
                                         "--attribute", edit, "--classifier", str(paths["classifier"]),
                                         "--edit-norm", "unit", "--out", str(work / "edit")], log_path),
     }
+
+
+def compile_seconds(log_path: Path) -> list[float]:
+    """Seconds of every UNet compile our CLI logged (``UNetRunner``: "compiled the UNet ... in X s")."""
+    if not log_path.is_file():
+        return []
+    return [float(m) for m in re.findall(r"compiled the UNet .* in ([0-9.]+) s", log_path.read_text())]
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -160,6 +170,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, help="also write the JSON report here")
     parser.add_argument("--unet-mode", choices=sorted(UNET_MODES), default="eager",
                         help="our side's UNet path (the reference always runs eager fp32)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="our side's UNet precision (reduced precision: the difference is measured)")
     return parser.parse_args(argv)
 
 
@@ -168,15 +180,18 @@ def main(argv=None) -> int:
     reference_out = args.reference_out.resolve()
     work = (args.work or reference_out / "ours").resolve()
     _, metadata = read_reference(reference_out)
-    timings = {} if args.skip_run else run_ours(args.python, reference_out, work, metadata, args.unet_mode)
+    timings = {} if args.skip_run else run_ours(args.python, reference_out, work, metadata,
+                                                args.unet_mode, args.precision)
     checks = compare(reference_out, work)
     for check in checks:
         status = "PASS" if check.passed else "FAIL"
         print(f"{status}  {check.name:<22} {check.value:.3g} {check.unit} (tolerance {check.tolerance:g}) "
               f"{check.detail}")
     report = {"passed": all(c.passed for c in checks), "steps": metadata["steps"], "unet_mode": args.unet_mode,
+              "precision": args.precision,
               "checks": [{**asdict(c), "passed": c.passed} for c in checks],
-              "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+              "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "compile_s": compile_seconds(work / "cli.log")}
     text = json.dumps(report, indent=2)
     print(text)
     (work / "report.json").write_text(text)
