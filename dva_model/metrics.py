@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from dva_model.errors import ModelFileError
-from dva_model.face.landmarks import DlibDetector, DlibLandmarks, find_dlib_file, find_dlib_landmark_model, import_dlib
+from dva_model.face.landmarks import DlibDetector, DlibLandmarks, find_dlib_landmark_model
+from dva_model.face.recognition import DESCRIPTOR_DIM, SAME_PERSON_DISTANCE, DlibRecogniser
 from dva_model.face.tracking import choose_face
 
 log = logging.getLogger(__name__)
@@ -31,9 +30,8 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-DLIB_RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-DLIB_EMBEDDING_DIM = 128
-DLIB_SAME_PERSON_DISTANCE = 0.6  # dlib's documented threshold on the Euclidean distance of two descriptors
+DLIB_EMBEDDING_DIM = DESCRIPTOR_DIM
+DLIB_SAME_PERSON_DISTANCE = SAME_PERSON_DISTANCE  # dlib's documented threshold on the Euclidean distance
 MIN_FRAMES = 2  # TL-ID / TG-ID compare pairs of frames
 
 
@@ -131,11 +129,6 @@ def psnr(a: ArrayLike, b: ArrayLike, *, data_range: float = 1.0) -> float:
 # dlib face recogniser
 
 
-def find_dlib_recognition_model(models_dir: Optional[PathLike] = None) -> Path:
-    """Locate ``dlib_face_recognition_resnet_model_v1.dat`` (see ``landmarks.find_dlib_file``)."""
-    return find_dlib_file(DLIB_RECOGNITION_FILE, models_dir)
-
-
 class DlibFaceEmbedder:
     """dlib's 128-d ResNet face recogniser on the largest face of each frame.
 
@@ -144,25 +137,16 @@ class DlibFaceEmbedder:
     """
 
     def __init__(self, *, models_dir: Optional[PathLike] = None, detector: Optional[DlibDetector] = None) -> None:
-        dlib = import_dlib()
         self._detector = detector or DlibDetector()
         self._landmarks = DlibLandmarks(find_dlib_landmark_model(models_dir))
-        path = find_dlib_recognition_model(models_dir)
-        try:
-            self._recogniser = dlib.face_recognition_model_v1(str(path))
-        except RuntimeError as error:
-            raise ModelFileError(f"{path} is not a dlib face recognition model ({error}).") from error
-        self._dlib = dlib
+        self._recogniser = DlibRecogniser(models_dir=models_dir)
 
     def embed_one(self, image: np.ndarray) -> np.ndarray:
         """image: [H, W, 3] uint8 RGB -> [128] float64 unit embedding of its largest face, NaN if none."""
         box = choose_face(self._detector.detect(image), None, 1.0)
         if box is None:
             return np.full(DLIB_EMBEDDING_DIM, np.nan)
-        points = self._landmarks.landmarks(image, box)  # [68, 2] integer pixels
-        rect = self._dlib.rectangle(*(int(round(v)) for v in box[:4]))
-        shape = self._dlib.full_object_detection(rect, [self._dlib.point(int(x), int(y)) for x, y in points])
-        descriptor = np.asarray(self._recogniser.compute_face_descriptor(image, shape), dtype=np.float64)
+        descriptor = self._recogniser.describe(image, box, self._landmarks.landmarks(image, box))
         return descriptor / np.linalg.norm(descriptor)
 
     def embed(self, images: ArrayLike) -> np.ndarray:

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -31,13 +31,14 @@ from dva_model.face.align import AlignConfig, inverse_coefficients
 from dva_model.face.landmarks import FaceLandmarker
 from dva_model.face.tracking import TrackConfig
 from dva_model.face.paste import PasteConfig, build_masks
+from dva_model.face.runs import true_runs
 from dva_model.formats.latent_io import LatentFile
 from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, DEFAULT_CRF, FrameSelection
 from dva_model.progress import ProgressCallback, StageProgress, report
 from dva_model.progress import no_progress as _no_progress
 from dva_model.formats.video import MAX_CRF
 from dva_model.stages import (
-    auto_batch_size, decode_for_first, encode_video_to_file, invert_file, model_device, render_video,
+    PersonEdit, auto_batch_size, decode_for_first, encode_video_to_file, invert_file, model_device, render_people,
 )
 from dva_model.tracks import AlignedClip, FaceTracks, align_in_memory, align_video, track_video
 
@@ -239,13 +240,14 @@ def encode_to_latent_file(
 
 
 @contextmanager
-def _work_latent(out_path: Path, keep: Optional[PathLike]) -> Iterator[Path]:
-    """Where the edit's latent file goes: ``keep`` (left there), or a hidden file beside the output
-    that is removed afterwards (beside it, not in /tmp, which may be a small RAM disk)."""
+def _work_latent(out_path: Path, keep: Optional[PathLike], tag: str = "") -> Iterator[Path]:
+    """Where an edit's latent file goes: ``keep`` (left there), or a hidden file beside the output
+    that is removed afterwards (beside it, not in /tmp, which may be a small RAM disk); ``tag`` tells
+    apart the files of several people."""
     if keep is not None:
         yield Path(keep)
         return
-    path = out_path.with_name(f".{out_path.stem}.latent-{os.getpid()}.safetensors")
+    path = out_path.with_name(f".{out_path.stem}.latent-{os.getpid()}{tag}.safetensors")
     try:
         yield path
     except OSError as error:
@@ -255,6 +257,30 @@ def _work_latent(out_path: Path, keep: Optional[PathLike]) -> Iterator[Path]:
         raise OSError(error.errno, error.strerror, str(out_path)) from None
     finally:
         path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _blamed_on(path: PathLike) -> Iterator[None]:
+    """Name ``path`` in an operating-system error that names no file (a full disk while writing the
+    latent file through its descriptor), so the one-sentence error says where the write went."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+@dataclass(frozen=True)
+class FaceEdit:
+    """One person's edit: their ``faces`` (from ``track_video`` or ``tracks.tracks_of``), ``target``
+    mapping their clip identity [512] to the identity to decode with [512], where to keep their encoding
+    (``latent_path``; else a temporary file) and ``on_edited(rows, crops)`` seeing their edited crops."""
+
+    faces: FaceTracks
+    target: Callable[[torch.Tensor], torch.Tensor]
+    latent_path: Optional[PathLike] = None
+    on_edited: Optional[Callable[[slice, torch.Tensor], None]] = None
 
 
 def edit_tracked(
@@ -284,26 +310,60 @@ def edit_tracked(
     the clip identity is computed, and the first process writes the latent file and the video.
     """
     edits = config.identity_edits(classifier)  # refuses attribute edits without a classifier
+    target = target or (lambda identity: compose_identity_edits(identity, edits))
+    return edit_faces([FaceEdit(faces, target, latent_path, on_edited)], path, out_path, model, config=config,
+                      selection=selection, model_id=model_id, stage_progress=stage_progress, workers=workers)
+
+
+def edit_faces(
+    people: Sequence[FaceEdit],
+    path: PathLike,
+    out_path: PathLike,
+    model,
+    *,
+    config: EditConfig = EditConfig(),
+    selection: FrameSelection = FrameSelection(),
+    model_id: str = "",
+    stage_progress: StageProgress = _no_progress,
+    workers: Workers = Workers(),
+) -> EditResult:
+    """Edit several people of one video in one run: each person's crops are encoded and inverted into
+    their own latent file with their own clip identity, decoded with their own target identity, and
+    all are pasted into the same frames in the order of ``people`` (a later face covers an earlier one
+    where they overlap). Frames where nobody chosen is present, and every pixel outside the chosen
+    faces' paste masks, keep the source's values. Stages per person "encode", "invert"; then "decode",
+    "paste" once. ``config``'s own edits are not used: each ``FaceEdit.target`` says the edit.
+    Several ``workers`` (torchrun) share one person's edit (``edit_tracked``); several people run in one
+    process.
+    """
+    if workers.world > 1 and len(people) > 1:
+        raise UserError("Several faces are edited in one process; run this edit without torchrun.")
     batch = config.batch_size or auto_batch_size(model_device(model), model.image_size)
     batch = int(workers.broadcast_text(str(batch)))  # the first process's: the same batches everywhere
     chunk = max(config.chunk_frames, batch)
-    with _work_latent(Path(out_path), latent_path) as work, \
-            encode_to_latent_file(path, faces, model, work, steps=config.steps, selection=selection, batch_size=batch,
-                                  chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress,
-                                  workers=workers) as latent:
-        identity = latent.read("identity")
-        edited = target(identity) if target is not None else compose_identity_edits(identity, edits)
+    with ExitStack() as stack:
+        jobs = []
+        for number, person in enumerate(people):
+            work = stack.enter_context(_work_latent(Path(out_path), person.latent_path, f"-{number}"))
+            with _blamed_on(person.latent_path or out_path):  # the hidden work file means nothing to the user
+                latent = stack.enter_context(encode_to_latent_file(
+                    path, person.faces, model, work, steps=config.steps, selection=selection, batch_size=batch,
+                    chunk_frames=chunk, model_id=model_id, stage_progress=stage_progress, workers=workers))
+            jobs.append(PersonEdit(person.faces, latent, person.target(latent.read("identity")), person.on_edited))
         if workers.is_root:
-            written = render_video(path, out_path, faces, latent, model, edited, selection=selection,
-                                   paste=config.paste, batch_size=batch, chunk_frames=chunk, crf=config.crf,
-                                   lossless=config.lossless, decode_callback=stage_progress("decode"),
-                                   paste_callback=stage_progress("paste"), on_edited=on_edited, workers=workers)
+            written = render_people(path, out_path, jobs, model, selection=selection, paste=config.paste,
+                                    batch_size=batch, chunk_frames=chunk, crf=config.crf, lossless=config.lossless,
+                                    decode_callback=stage_progress("decode"), paste_callback=stage_progress("paste"),
+                                    workers=workers)
         else:
-            decode_for_first(model, latent, faces, edited, batch_size=batch, chunk_frames=chunk, workers=workers)
+            job = jobs[0]
+            decode_for_first(model, job.file, job.faces, job.target, batch_size=batch, chunk_frames=chunk,
+                             workers=workers)
             written = Path(out_path)  # written by the first process
-    untouched = tuple((faces.indices[a], faces.indices[b]) for a, b in faces.track.missing_runs())
-    return EditResult(path=written, frames=len(faces.indices), edited=int(faces.has_face.sum()), untouched=untouched)
-
+    anyone = np.logical_or.reduce([person.faces.has_face for person in people])  # [N]
+    indices = people[0].faces.indices
+    untouched = tuple((indices[run.start], indices[run.stop - 1]) for run in true_runs(~anyone))
+    return EditResult(path=written, frames=len(indices), edited=int(anyone.sum()), untouched=untouched)
 
 def edit_video(
     path: PathLike,

@@ -224,18 +224,29 @@ class TemporalMaskSmoother:
 
 
 def paste_chunk(
-    frames: torch.Tensor, faces: FaceTracks, chunk: _Chunk, *, composite: str, device: torch.device,
+    frames: torch.Tensor, faces: Sequence[FaceTracks], chunks: Sequence[_Chunk], *, composite: str,
+    device: torch.device,
 ) -> torch.Tensor:
-    """Paste one chunk's edited crops into its frames [n, H, W, 3] uint8 -> [n, H, W, 3] float32 in [0, 1]
-    on ``device``; frames without a face come back unchanged."""
-    positions = np.arange(chunk.positions.start, chunk.positions.stop)
+    """Paste one chunk of frames [n, H, W, 3] uint8 with each person's edited crops, in order (a later
+    person covers an earlier one where they overlap) -> [n, H, W, 3] float32 in [0, 1] on ``device``.
+    ``faces[k]`` and ``chunks[k]`` are person k's tracks and chunk; a frame without any face comes back
+    unchanged, and so does every pixel outside the people's paste masks."""
     work = frames.to(device).float() / 255.0
-    if chunk.edited is None:
-        return work
-    rows = crop_rows(faces.has_face) - chunk.rows.start  # frame -> row of this chunk's crops (< 0: no face)
-    pasted, _ = paste_frames(work, positions, rows, chunk.edited, chunk.masks, faces.quads, crops=chunk.source,
-                             composite=composite)
-    return pasted
+    for person, chunk in zip(faces, chunks):
+        if chunk.edited is None:
+            continue
+        positions = np.arange(chunk.positions.start, chunk.positions.stop)
+        rows = crop_rows(person.has_face) - chunk.rows.start  # frame -> row of this chunk's crops (< 0: no face)
+        work, _ = paste_frames(work, positions, rows, chunk.edited, chunk.masks, person.quads, crops=chunk.source,
+                               composite=composite)
+    return work
+
+
+def _smoothed(chunks: Iterator[_Chunk], smoother: TemporalMaskSmoother) -> Iterator[_Chunk]:
+    """``chunks`` with their masks smoothed in time, in order (each waits for its window)."""
+    for chunk in chunks:
+        yield from smoother.push(chunk)
+    yield from smoother.flush()
 
 
 def _edit_chunks(model, file: LatentFile, faces: FaceTracks, target: torch.Tensor, *, paste: PasteConfig,
@@ -291,6 +302,17 @@ def decode_for_first(model, file: LatentFile, faces: FaceTracks, target: torch.T
             workers.send(edited, to=0)
 
 
+@dataclass(frozen=True)
+class PersonEdit:
+    """One person's part of a render: their ``faces`` (tracks over the clip's frames), their encoding
+    ``file`` and the identity ``target`` [512] their crops are decoded with."""
+
+    faces: FaceTracks
+    file: LatentFile
+    target: torch.Tensor
+    on_edited: Optional[Callable[[slice, torch.Tensor], None]] = None
+
+
 def render_video(
     path: PathLike,
     out_path: PathLike,
@@ -298,6 +320,20 @@ def render_video(
     file: LatentFile,
     model,
     target: torch.Tensor,
+    *,
+    on_edited: Optional[Callable[[slice, torch.Tensor], None]] = None,
+    **options,
+) -> Path:
+    """Pass 3 for one face: ``render_people`` with one ``PersonEdit``. ``on_edited(rows, crops)`` sees
+    each chunk of edited crops ([m, 3, S, S] in [-1, 1])."""
+    return render_people(path, out_path, [PersonEdit(faces, file, target, on_edited)], model, **options)
+
+
+def render_people(
+    path: PathLike,
+    out_path: PathLike,
+    people: Sequence[PersonEdit],
+    model,
     *,
     selection: FrameSelection = FrameSelection(),
     paste: PasteConfig = PasteConfig(),
@@ -307,32 +343,35 @@ def render_video(
     lossless: bool = False,
     decode_callback: Optional[ProgressCallback] = None,
     paste_callback: Optional[ProgressCallback] = None,
-    on_edited: Optional[Callable[[slice, torch.Tensor], None]] = None,
     stats: Optional[QueueStats] = None,
     workers: Workers = Workers(),
 ) -> Path:
-    """Pass 3: decode every crop of ``file`` with ``target`` [512], paste it into its frame, write ``out_path``.
+    """Pass 3: decode every person's crops with their target identity, paste them into the frames in the
+    order of ``people`` (a later person covers an earlier one where they overlap), write ``out_path``.
 
-    The output has the selected frames, the source size, fps / stride and the audio of the selected
-    time range; nothing appears at ``out_path`` unless it is complete. ``on_edited(rows, crops)``
-    sees each chunk of edited crops ([m, 3, S, S] in [-1, 1]). ``decode_callback`` counts UNet calls,
-    ``paste_callback`` frames written; either may raise to cancel (the workers stop first). With
-    several ``workers`` (torchrun; this is the first process) the others decode their chunks
-    (``decode_for_first``).
+    All people's tracks cover the same frames. The output has the selected frames, the source size,
+    fps / stride and the audio of the selected time range; nothing appears at ``out_path`` unless it is
+    complete. Pixels outside every paste mask keep the source's values. ``decode_callback`` counts UNet
+    calls, ``paste_callback`` frames written; either may raise to cancel (the workers stop first).
+    With several ``workers`` (torchrun; this is the first process) the others decode their chunks
+    (``decode_for_first``); that works for one person only.
     """
     limit_heap_growth()
-    info, total = faces.info, len(faces.indices)
+    first = people[0].faces
+    info, total = first.info, len(first.indices)
+    assert all(p.faces.indices == first.indices for p in people), "the people's tracks cover other frames"
+    assert all(p.file.frames == int(p.faces.has_face.sum()) for p in people), "a latent file and its tracks disagree"
     device = model_device(model)
-    chunk_rows = [faces.crop_rows(range(p, min(p + chunk_frames, total))) for p in range(0, total, chunk_frames)]
-    calls = sum(-(-(rows.stop - rows.start) // batch_size) for rows in chunk_rows) * file.steps
+    starts = range(0, total, chunk_frames)
+    calls = sum(-(-(rows.stop - rows.start) // batch_size) * p.file.steps for p in people
+                for rows in (p.faces.crop_rows(range(s, min(s + chunk_frames, total))) for s in starts))
     counter = _CallCounter(decode_callback, calls)
-    smoother = TemporalMaskSmoother(paste.temporal_sigma, faces.face_frame_numbers)
-    assert file.frames == int(faces.has_face.sum()), "the latent file and the tracks disagree"
     times = frame_times(path)  # [frame_count] seconds: output timing and audio follow the source's clock
-    source_frames = np.asarray(faces.indices)
+    source_frames = np.asarray(first.indices)
+    faces = [p.faces for p in people]
     with VideoWriter(out_path, fps=info.fps / selection.stride, width=info.width, height=info.height,
                      audio_from=path if info.has_audio else None,
-                     audio_window_s=audio_window(info, faces.indices, times),
+                     audio_window_s=audio_window(info, first.indices, times),
                      crf=crf, lossless=lossless) as writer, \
             decoded_chunks(path, selection, chunk_frames, stats=stats) as decoded:
         frames_in = iter(decoded)
@@ -343,22 +382,20 @@ def render_video(
 
         with Sink(write, name="dva-encode", stats=stats) as encoder:
 
-            def paste_one(chunk: _Chunk) -> None:
+            def paste_one(chunks: tuple) -> None:
                 _, frames = next(frames_in)
-                pasted = paste_chunk(frames[: len(chunk.positions)], faces, chunk, composite=paste.composite,
-                                     device=device)
-                positions = np.arange(chunk.positions.start, chunk.positions.stop)
-                encoder.put((to_uint8(pasted), times[source_frames[positions]]))
+                positions = chunks[0].positions
+                pasted = paste_chunk(frames[: len(positions)], faces, chunks, composite=paste.composite, device=device)
+                encoder.put((to_uint8(pasted), times[source_frames[np.arange(positions.start, positions.stop)]]))
 
             with Sink(paste_one, name="dva-paste", stats=stats) as paster:
-                chunks = _edit_chunks(model, file, faces, target, paste=paste, batch_size=batch_size,
-                                      chunk_frames=chunk_frames, counter=counter, on_edited=on_edited,
-                                      workers=workers)
-                for chunk in chunks:
-                    for ready in smoother.push(chunk):
-                        paster.put(ready)
+                streams = [_smoothed(_edit_chunks(model, p.file, p.faces, p.target, paste=paste, batch_size=batch_size,
+                                                  chunk_frames=chunk_frames, counter=counter, on_edited=p.on_edited,
+                                                  workers=workers),
+                                     TemporalMaskSmoother(paste.temporal_sigma, p.faces.face_frame_numbers))
+                           for p in people]
+                for chunks in zip(*streams):  # one chunk of the same frames from every person
+                    paster.put(chunks)
                     report(paste_callback, writer.frames_written, total)
-                for ready in smoother.flush():
-                    paster.put(ready)
         report(paste_callback, writer.frames_written, total)
     return Path(out_path)

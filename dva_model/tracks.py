@@ -110,8 +110,7 @@ def track_video(
         face_track = track_faces((frames.numpy() for _, frames in chunks), landmarker, config=track,
                                  total=len(indices), callback=callback, source=str(path), frame_numbers=indices)
     indices = indices[: len(face_track.detected)]  # a file may hold fewer frames than its header says
-    quads, has_face = smoothed_quads(face_track, align)
-    return FaceTracks(info=info, indices=indices, track=face_track, quads=quads, has_face=has_face, config=align)
+    return tracks_of(info, indices, face_track, align)
 
 
 def iter_crops(
@@ -167,10 +166,11 @@ def align_video(
                         callback=stage("faces"))
     crops = [c.cpu() for _, c in iter_crops(path, faces, selection=selection, chunk_size=chunk_size, device=device,
                                              callback=stage("crop"))]
-    return _with_crops(faces, crops)
+    return with_crops(faces, crops)
 
 
-def _with_crops(faces: FaceTracks, crops: list) -> AlignedClip:
+def with_crops(faces: FaceTracks, crops: list) -> AlignedClip:
+    """``faces`` plus its crops (a list of [m, 3, S, S] chunks in row order) as one ``AlignedClip``."""
     size = faces.config.size
     fields = {name: getattr(faces, name) for name in ("info", "indices", "track", "quads", "has_face", "config")}
     return AlignedClip(**fields, crops=torch.cat(crops) if crops else torch.zeros(0, 3, size, size))
@@ -190,9 +190,23 @@ def align_in_memory(
 
     Same steps (track -> smoothed quads -> crops); the clip's info carries no file, fps or audio.
     """
-    count, height, width, _ = frames.shape
+    count = len(frames)
     chunks = (frames[i: i + chunk_size] for i in range(0, count, chunk_size))
     face_track = track_faces(chunks, landmarker, config=track, total=count, callback=callback, source="the frames")
+    return crop_track_in_memory(frames, face_track, align=align, chunk_size=chunk_size, device=device)
+
+
+def crop_track_in_memory(
+    frames: torch.Tensor,
+    face_track: FaceTrack,
+    *,
+    align: AlignConfig = AlignConfig(),
+    chunk_size: int = DEFAULT_CHUNK_FRAMES,
+    device: Union[str, torch.device] = "cpu",
+) -> AlignedClip:
+    """Smoothed quads and crops of one face track (any tracker's) over frames in memory, [N, H, W, 3] float
+    in [0, 1]; the clip's info carries no file, fps or audio."""
+    count, height, width, _ = frames.shape
     quads, has_face = smoothed_quads(face_track, align)
     rows = np.flatnonzero(has_face)
     crops = [align_frames(frames[torch.as_tensor(part)].to(device), quads[part], config=align).cpu()
@@ -200,4 +214,11 @@ def align_in_memory(
     info = VideoInfo(path="", frame_count=count, fps=Fraction(0), width=width, height=height, codec="",
                      has_audio=False, audio_codec=None)
     faces = FaceTracks(info=info, indices=range(count), track=face_track, quads=quads, has_face=has_face, config=align)
-    return _with_crops(faces, crops)
+    return with_crops(faces, crops)
+
+
+def tracks_of(info: VideoInfo, indices: range, face_track: FaceTrack, align: AlignConfig = AlignConfig()) -> FaceTracks:
+    """``FaceTracks`` of one face track (any tracker's, e.g. one person of several) over the frames ``indices``
+    of a video: its quads smoothed over the whole track."""
+    quads, has_face = smoothed_quads(face_track, align)
+    return FaceTracks(info=info, indices=indices, track=face_track, quads=quads, has_face=has_face, config=align)

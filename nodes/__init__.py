@@ -19,6 +19,7 @@ MODULES = {
     "load": ("DVAModelLoader", "DVAClassifierLoader"),
     "video": ("DVAVideoLoad",),
     "align": ("DVAFaceAlign",),
+    "faces": ("DVAFaceTracks", "DVAPickFace"),
     "encode": ("DVAEncode", "DVASaveLatent", "DVALoadLatent"),
     "edit": ("DVAIdentityAverage", "DVAAttributeEdit"),
     "decode": ("DVADDIMDecode",),

@@ -267,7 +267,7 @@ def test_ctrl_c_during_start_up_prints_no_traceback():
 @pytest.mark.parametrize("option, message", [
     (["--steps", "37"], "cannot be spaced evenly"),
     (["--crf", "60"], "'60' must be 0-51"),
-    (["--batch-size", "-1"], "'-1' must be 0 or more"),  # 0 = sized from the device's free memory
+    (["--batch-size", "-1"], "'-1' must be 0 or more"),  # 0: from the device's free memory
 ])
 def test_bad_numbers_are_refused_by_the_parser(tmp_path, faceless, capsys, option, message):
     video, checkpoint = faceless

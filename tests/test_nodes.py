@@ -19,7 +19,8 @@ from comfy_fakes import InterruptProcessingException, combo_options, install, mo
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_NODES = {
-    "DVAModelLoader", "DVAClassifierLoader", "DVAVideoLoad", "DVAFaceAlign", "DVAEncode", "DVASaveLatent",
+    "DVAModelLoader", "DVAClassifierLoader", "DVAVideoLoad", "DVAFaceAlign", "DVAFaceTracks", "DVAPickFace",
+    "DVAEncode", "DVASaveLatent",
     "DVALoadLatent", "DVAIdentityAverage", "DVAAttributeEdit", "DVADDIMDecode", "DVAPasteBack", "DVADecodePasteVideo",
     "DVACLIPLoader", "DVACLIPEdit", "DVAApplyIdentityDelta", "DVASaveIdentityDelta", "DVALoadIdentityDelta",
 }

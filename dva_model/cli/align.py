@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from dva_model.face.align import ALIGN_METHODS, AlignConfig
+from dva_model.cli.faces import add_face_choice_options
 from dva_model.cli.options import non_negative_int, positive_int
 from dva_model.errors import UserError
 from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS, make_landmarker
@@ -75,24 +76,43 @@ def add_parser(subparsers) -> None:
     )
     add_video_options(parser)
     add_face_options(parser)
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_face_choice_options(parser)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder (with --faces or --face-reference: one sub-folder face_<label> per face)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dva_model.cli.faces import people_from_args
     from dva_model.formats.files import check_writable_folder
-    from dva_model.formats.image_io import write_crops
-    from dva_model.pipeline import align_video, save_alignment
+    from dva_model.people import faces_of
+    from dva_model.pipeline import align_video
+    from dva_model.tracks import iter_crops, with_crops
 
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file; give a folder for the crops and the sidecar.")
     check_writable_folder(args.out, what="the alignment folder")
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet))
-    clip = align_video(args.video, landmarker_from_args(args), selection=selection_from_args(args),
-                       align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
-                       stage_progress=progress)
-    names = [f"{clip.indices[row]:06d}" for row in clip.face_rows]
-    write_crops(args.out / CROPS_FOLDER, names, clip.crops)
-    save_alignment(args.out / SIDECAR_NAME, clip, crop_names=names)
-    log.info("aligned %d of %d frames into %s", len(names), len(clip.indices), args.out)
+    selection, align = selection_from_args(args), AlignConfig(method=args.align_method)
+    people = people_from_args(args, selection, progress=progress)
+    if people is not None and people[2] is not None:
+        info, indices, chosen = people
+        for face, faces in zip(chosen, faces_of(info, indices, chosen, align)):
+            crops = [c.cpu() for _, c in iter_crops(args.video, faces, selection=selection, callback=progress("crop"))]
+            _write_alignment(args.out / f"face_{face.label}", with_crops(faces, crops))
+        return 0
+    clip = align_video(args.video, landmarker_from_args(args), selection=selection, align=align,
+                       track=TrackConfig(max_gap=args.max_gap), stage_progress=progress)
+    _write_alignment(args.out, clip)
     return 0
+
+
+def _write_alignment(folder: Path, clip) -> None:
+    """OUT/crops/<frame>.png for the frames with a face and OUT/alignment.json."""
+    from dva_model.formats.image_io import write_crops
+    from dva_model.pipeline import save_alignment
+
+    names = [f"{clip.indices[row]:06d}" for row in clip.face_rows]
+    write_crops(folder / CROPS_FOLDER, names, clip.crops)
+    save_alignment(folder / SIDECAR_NAME, clip, crop_names=names)
+    log.info("aligned %d of %d frames into %s", len(names), len(clip.indices), folder)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dva_model.face.align import AlignConfig
 from dva_model.cli.align import add_face_options, add_video_options, landmarker_from_args, selection_from_args
+from dva_model.cli.faces import add_face_choice_options, people_from_args, without_scopes
 from dva_model.cli.common import (add_identity_edit_options, add_model_options, identity_edits_from_args,
                                   load_model_from_args)
 from dva_model.cli.options import crf_value, ddim_steps, non_negative_float, non_negative_int
@@ -36,6 +37,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=ddim_steps, default=DEFAULT_STEPS,
                         help=f"DDIM steps for inversion and decoding (release: 1000; default {DEFAULT_STEPS})")
     add_face_options(parser)
+    add_face_choice_options(parser, scoped_edits=True)
     parser.add_argument("--mask", choices=sorted(MASK_PRESETS), default="release",
                         help="parsing classes pasted back: release (face without hair, ears, neck), hair, "
                              "glasses, beard, head")
@@ -57,7 +59,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"--out {args.out} must end in .mp4 (the output is an H.264 MP4).")
-    edits = identity_edits_from_args(args)
+    edits = identity_edits_from_args(without_scopes(args))  # every edit checked before any work
     paste = PasteConfig.from_preset(args.mask, union_edited=args.mask_union, dilate=args.dilate,
                                     feather=args.feather, temporal_sigma=args.mask_temporal, composite=args.composite)
     config = EditConfig(steps=args.steps, edits=edits.attributes, deltas=edits.deltas, edit_norm=args.edit_norm,
@@ -76,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace, edits, config: EditConfig, selection, workers: Workers) -> int:
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet and workers.is_root))
     # Faces first: a video without a face fails before the (large) model is loaded.
+    people = people_from_args(args, selection, device=args.device, progress=progress)
+    if people is not None and people[2] is not None:
+        return _edit_people(args, people, config, selection, progress, workers)
     faces = track_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,
                         align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
                         chunk_size=config.chunk_frames, callback=progress("faces"))
@@ -89,4 +94,34 @@ def _edit(args: argparse.Namespace, edits, config: EditConfig, selection, worker
     for first, last in result.untouched:
         log.warning("no face in frames %d-%d: copied unchanged", first, last)
     log.info("wrote %s (%d frames, %d edited)", result.path, result.frames, result.edited)
+    return 0
+
+
+def _edit_people(args: argparse.Namespace, people, config: EditConfig, selection, progress, workers: Workers) -> int:
+    """--faces / --face-reference: every chosen face with its own edits (unscoped ones and its @LABEL ones)."""
+    from dva_model.cli.faces import edits_per_face
+    from dva_model.edit.identity import compose_identity_edits
+    from dva_model.people import faces_of
+    from dva_model.pipeline import FaceEdit, edit_faces
+
+    info, indices, chosen = people
+    labels = [face.label for face in chosen]
+    edits = edits_per_face(args, labels)
+    if args.save_latent is not None and len(chosen) > 1:
+        raise UserError("--save-latent keeps one face's encoding; leave it out when editing several faces.")
+    jobs = []
+    for label, faces in zip(labels, faces_of(info, indices, chosen, AlignConfig(method=args.align_method))):
+        steps = edits[label].edits()
+        jobs.append(FaceEdit(faces, lambda identity, steps=steps: compose_identity_edits(identity, steps),
+                             latent_path=args.save_latent))
+    model = load_model_from_args(args)
+    result = edit_faces(jobs, args.video, args.out, model, config=config, selection=selection,
+                        model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress,
+                        workers=workers)
+    if not workers.is_root:
+        return 0
+    for first, last in result.untouched:
+        log.warning("none of the chosen faces in frames %d-%d: copied unchanged", first, last)
+    log.info("wrote %s (%d frames, %d with a chosen face; faces %s)", result.path, result.frames, result.edited,
+             ", ".join(labels))
     return 0
