@@ -17,8 +17,6 @@ class DVAPasteBack(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from dva_model.face.paste import COMPOSITES, MASK_PRESETS
-
         return io.Schema(
             node_id="DVAPasteBack", display_name=NODE, category=CATEGORY_VIDEO,
             description=(
@@ -34,21 +32,7 @@ class DVAPasteBack(io.ComfyNode):
                 io.Image.Input("crops", tooltip="The edited crops from DVA DDIM Decode (one per frame with a face); "
                                                 "crops of another size are resized to the alignment's crop size."),
                 Model.Input("model", tooltip="The DVA model; its face parser builds the paste masks."),
-                io.Combo.Input("mask_preset", options=list(MASK_PRESETS), default="release", tooltip=
-                               "Face-parsing classes taken from the edit: 'release' (face without hair, ears, "
-                               "neck), 'hair', 'glasses', 'beard' or 'head' (everything but background, cloth, hat)."),
-                io.Boolean.Input("union_edited", default=False, tooltip=
-                                 "Also paste what the EDITED crop's parsing puts in those classes (keeps what an "
-                                 "edit adds outside the original face)."),
-                io.Int.Input("dilate", default=0, min=0, max=64, step=1,
-                             tooltip="Grow the mask by this many crop pixels (0 = as published)."),
-                io.Float.Input("feather", default=0.0, min=0.0, max=32.0, step=0.5, tooltip=
-                               "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."),
-                io.Float.Input("temporal_sigma", default=0.0, min=0.0, max=10.0, step=0.1, tooltip=
-                               "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."),
-                io.Combo.Input("composite", options=list(COMPOSITES), default="frame", tooltip=
-                               "'frame': blend at full resolution, only masked pixels change. 'release': blend "
-                               "inside the crop and paste the whole square, as published."),
+                *paste_setting_inputs(),
                 io.Float.Input("fps", default=30.0, min=1.0, max=240.0, step=0.001, tooltip=
                                "Frame rate of the video output; connect DVA Video Load's fps to keep the source's."),
                 io.Mask.Input("mask", optional=True, tooltip=
@@ -157,3 +141,26 @@ def composite_frames(frames, faces, edited, masks, *, composite, device, callbac
         if callback is not None:
             callback(int(positions[-1]) + 1, count)
     return torch.cat(outputs), torch.cat(alphas)
+
+
+def paste_setting_inputs() -> list:
+    """The paste-mask and composite widgets (DVA Paste Back and DVA Decode + Paste to Video share them)."""
+    from dva_model.face.paste import COMPOSITES, MASK_PRESETS
+
+    return [
+        io.Combo.Input("mask_preset", options=list(MASK_PRESETS), default="release", tooltip=
+                       "Face-parsing classes taken from the edit: 'release' (face without hair, ears, "
+                       "neck), 'hair', 'glasses', 'beard' or 'head' (everything but background, cloth, hat)."),
+        io.Boolean.Input("union_edited", default=False, tooltip=
+                         "Also paste what the EDITED crop's parsing puts in those classes (keeps what an "
+                         "edit adds outside the original face)."),
+        io.Int.Input("dilate", default=0, min=0, max=64, step=1,
+                     tooltip="Grow the mask by this many crop pixels (0 = as published)."),
+        io.Float.Input("feather", default=0.0, min=0.0, max=32.0, step=0.5, tooltip=
+                       "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."),
+        io.Float.Input("temporal_sigma", default=0.0, min=0.0, max=10.0, step=0.1, tooltip=
+                       "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."),
+        io.Combo.Input("composite", options=list(COMPOSITES), default="frame", tooltip=
+                       "'frame': blend at full resolution, only masked pixels change. 'release': blend "
+                       "inside the crop and paste the whole square, as published."),
+    ]

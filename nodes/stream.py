@@ -11,6 +11,7 @@ from comfy_api.v0_0_2 import io
 
 from ._host import cancel_check, progress_callback, require_all, temp_file
 from .encode import frames_per_call_input
+from .paste import paste_setting_inputs
 from .types import CATEGORY_VIDEO, Faces, IdentityType, Latent, Model
 
 NODE = "DVA Decode + Paste to Video"
@@ -24,8 +25,6 @@ class DVADecodePasteVideo(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from dva_model.face.paste import COMPOSITES, MASK_PRESETS
-
         return io.Schema(
             node_id="DVADecodePasteVideo", display_name=NODE, category=CATEGORY_VIDEO,
             description=(
@@ -38,20 +37,7 @@ class DVADecodePasteVideo(io.ComfyNode):
                 Latent.Input("latent", tooltip="The encoding from DVA Encode (of a VIDEO-tracked DVA Face Align)."),
                 IdentityType.Input("identity", tooltip="The identity to decode with (edited or not)."),
                 Faces.Input("faces", tooltip="The face tracks from DVA Face Align (fed a VIDEO)."),
-                io.Combo.Input("mask_preset", options=list(MASK_PRESETS), default="release", tooltip=
-                               "Face-parsing classes taken from the edit: 'release' (face without hair, ears, "
-                               "neck), 'hair', 'glasses', 'beard' or 'head' (everything but background, cloth, hat)."),
-                io.Boolean.Input("union_edited", default=False, tooltip=
-                                 "Also paste what the EDITED crop's parsing puts in those classes."),
-                io.Int.Input("dilate", default=0, min=0, max=64, step=1,
-                             tooltip="Grow the mask by this many crop pixels (0 = as published)."),
-                io.Float.Input("feather", default=0.0, min=0.0, max=32.0, step=0.5, tooltip=
-                               "Gaussian softening of the mask edge, in crop pixels (0 = a hard edge, as published)."),
-                io.Float.Input("temporal_sigma", default=0.0, min=0.0, max=10.0, step=0.1, tooltip=
-                               "Smooth the mask over time, in frames (0 = off); reduces flicker at the seam."),
-                io.Combo.Input("composite", options=list(COMPOSITES), default="frame", tooltip=
-                               "'frame': blend at full resolution, only masked pixels change. 'release': blend "
-                               "inside the crop and paste the whole square, as published."),
+                *paste_setting_inputs(),
                 frames_per_call_input(),
             ],
             outputs=[io.Video.Output(display_name="video", tooltip=
