@@ -41,6 +41,20 @@ class QueueStats:
             self.max_items = max(self.max_items, size)
 
 
+def _put_while(q: queue.Queue, item, stats: Optional[QueueStats], waiting: Callable[[], bool]) -> bool:
+    """Put ``item`` on the bounded queue ``q``, polling, for as long as ``waiting()`` holds (it may also raise);
+    True once queued, False when ``waiting()`` turned False first."""
+    while waiting():
+        try:
+            q.put(item, timeout=_POLL_S)
+        except queue.Full:
+            continue
+        if stats is not None:
+            stats.record(q.qsize())
+        return True
+    return False
+
+
 class _Failure:
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -66,15 +80,7 @@ class Background(Generic[T]):
 
     def _put(self, item) -> bool:
         """Block until ``item`` is queued (True) or the consumer asked to stop (False)."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-            except queue.Full:
-                continue
-            if self._stats is not None:
-                self._stats.record(self._queue.qsize())
-            return True
-        return False
+        return _put_while(self._queue, item, self._stats, lambda: not self._stop.is_set())
 
     def _run(self, items: Iterable[T]) -> None:
         iterator = iter(items)
@@ -165,17 +171,14 @@ class Sink(Generic[T]):
 
     def put(self, item: T) -> None:
         """Queue ``item`` for the worker (blocks while the queue is full)."""
-        while True:
-            self._raise_error()
-            if not self._thread.is_alive():
-                raise RuntimeError("The pipeline's writer stopped unexpectedly.")
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-            except queue.Full:
-                continue
-            if self._stats is not None:
-                self._stats.record(self._queue.qsize())
-            return
+        _put_while(self._queue, item, self._stats, self._running)
+
+    def _running(self) -> bool:
+        """True while the worker runs; its error, or its unexpected end, is raised here."""
+        self._raise_error()
+        if not self._thread.is_alive():
+            raise RuntimeError("The pipeline's writer stopped unexpectedly.")
+        return True
 
     def finish(self) -> None:
         """Wait until every queued item is consumed; raise the worker's error if it had one."""
