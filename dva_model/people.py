@@ -21,7 +21,8 @@ import torch
 from dva_model.errors import UserError
 from dva_model.face.landmarks import FaceLandmarker
 from dva_model.face.multitrack import (
-    FACE_ORDERS, FaceOrder, MultiTrackConfig, PersonTrack, select_by_ids, select_by_reference, track_people,
+    FACE_ORDERS, FaceOrder, MultiTrackConfig, PersonTrack, parse_face_ids, select_by_ids, select_by_reference,
+    track_people,
 )
 from dva_model.face.preview import draw_tracks
 from dva_model.face.recognition import DlibRecogniser, describe_largest_face
@@ -94,11 +95,11 @@ def track_people_in_video(
     return info, indices[: len(people[0].track.detected)], people
 
 
-def faces_of(info: VideoInfo, indices: range, chosen: Sequence[ChosenFace],
+def faces_of(info: VideoInfo, indices: range, chosen: Sequence[PersonTrack],
              align: AlignConfig = AlignConfig()) -> list[FaceTracks]:
     """Each chosen person's ``FaceTracks`` over the video's frames ``indices`` (quads smoothed per person),
     in paste order: what ``pipeline.edit_faces`` and the crop pass take."""
-    return [tracks_of(info, indices, face.person.track, align) for face in chosen]
+    return [tracks_of(info, indices, person.track, align) for person in chosen]
 
 
 def align_person_in_memory(frames: torch.Tensor, person: PersonTrack, *, align: AlignConfig = AlignConfig(),
@@ -184,10 +185,36 @@ def preview_in_memory(frames: torch.Tensor, people: Sequence[PersonTrack], *,
     return torch.cat(out)
 
 
-def pick_person(people: Sequence[PersonTrack], track_id: int, photo: Optional[np.ndarray] = None, *,
-                landmarker: Optional[FaceLandmarker] = None) -> PersonTrack:
-    """The person with ``track_id``, or, given a ``photo`` (RGB uint8 [H, W, 3]), the one nearest it."""
-    references = (("reference", photo),) if photo is not None else ()
-    choice = FaceChoice(ids=None if references else (track_id,), references=references)
+def pick_people(people: Sequence[PersonTrack], faces: str = "0", photos: Sequence[np.ndarray] = (), *,
+                landmarker: Optional[FaceLandmarker] = None) -> list[PersonTrack]:
+    """The people to edit, in paste order: the track numbers typed in ``faces`` ("0", "0,2" or "all", as
+    the CLI's --faces), or, given ``photos`` (RGB uint8 [H, W, 3] each), the person nearest each photo
+    (as repeated --face-reference; ``faces`` is then ignored)."""
+    references = tuple((f"#{number + 1}", photo) for number, photo in enumerate(photos))  # batch positions
+    choice = FaceChoice(ids=None if references else parse_face_ids(faces), references=references)
     recogniser = DlibRecogniser() if references else None
-    return choose_faces(people, choice, landmarker=landmarker, recogniser=recogniser)[0].person
+    return [face.person for face in choose_faces(people, choice, landmarker=landmarker, recogniser=recogniser)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoPeople:
+    """Every face track of a video file's selected frames (what tracking a file gives, before choosing).
+
+    info: the file (``info.path``). indices: the selected source frame numbers, N of them. people: the
+    tracks in their numbering order, each over those N frames.
+    """
+
+    info: VideoInfo
+    indices: range
+    people: list[PersonTrack]
+
+
+def track_preview_frames(people: VideoPeople, count: int) -> torch.Tensor:
+    """The first ``count`` selected frames of the file with every track drawn, [n, H, W, 3] float32 in
+    [0, 1] (n <= count): a look at the numbering without decoding the whole clip."""
+    indices = people.indices
+    selection = FrameSelection(start=indices.start, stride=indices.step, max_frames=min(count, len(indices)))
+    for _, frames in iter_frames(people.info.path, selection=selection, chunk_size=count, dtype=torch.uint8):
+        drawn = draw_tracks(frames.numpy(), range(len(frames)), people.people)
+        return torch.from_numpy(drawn).float() / 255.0
+    return torch.zeros(0, people.info.height, people.info.width, 3)

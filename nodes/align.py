@@ -88,18 +88,24 @@ def _track_file(video, landmarker, config, track):
     """File-backed faces of a core VIDEO (tracks in memory, crops cut again when needed) and a preview
     of the first crops (at most ``PREVIEW_CROPS``)."""
     from dva_model.pipeline import track_video
-    from dva_model.tracks import iter_crops
 
     from .video import video_file
 
     path = video_file(video)
     faces = track_video(path, landmarker, align=config, track=track, chunk_size=CHUNK_FRAMES,
                         callback=progress_callback())
-    preview = None
-    for _, crops in iter_crops(path, faces, selection=faces.selection, chunk_size=PREVIEW_CROPS):
-        preview = crops
-        break
-    return faces, crops_to_image(preview)
+    return faces, preview_crops(faces)
+
+
+def preview_crops(faces):
+    """The first crops (at most ``PREVIEW_CROPS``) of file-backed faces, as IMAGE: their crops are not all held."""
+    from dva_model.tracks import iter_crops
+
+    for _, crops in iter_crops(faces.info.path, faces, selection=faces.selection, chunk_size=PREVIEW_CROPS):
+        return crops_to_image(crops)
+    import torch
+
+    return torch.zeros(1, faces.config.size, faces.config.size, 3)  # no face in the clip: one black crop
 
 
 def _work_device():

@@ -1,13 +1,16 @@
-"""Several people: FaceTracks follows every face (with a numbered preview), PickFace aligns one of them.
+"""Several people: FaceTracks follows every face (with a numbered preview), PickFace aligns the chosen ones.
 
-For two people, use two PickFace nodes on the same tracks, each with its own Encode -> edit -> Decode ->
-Paste Back chain, and feed the first Paste Back's frames into the second: faces are pasted in that order.
+Pick Face's ``faces`` takes what the CLI's --faces takes: "0", "0,2" or "all". Its outputs are ComfyUI
+lists (one DVA_FACES per person), so ComfyUI runs Encode, Identity Average, the edits and DDIM Decode once
+per person, and DVA Paste Back / DVA Decode + Paste to Video, which take whole lists, paste every person
+into the same frames in the listed order. For different edits per person, use one Pick Face per person,
+each with its own chain, and feed the first Paste Back's frames into the second.
 """
 
 from comfy_api.v0_0_2 import io
 
 from ._host import crops_to_image, intermediate_device, progress_callback, require_all
-from .align import CHUNK_FRAMES, REQUIRES, _landmarker, _work_device
+from .align import CHUNK_FRAMES, PREVIEW_CROPS, REQUIRES, _landmarker, _work_device, preview_crops
 from .types import CATEGORY_VIDEO, Faces
 
 TRACKS = "DVA_FACE_TRACKS"
@@ -33,7 +36,7 @@ class DVAFaceTracks(io.ComfyNode):
                 "comes back keeps their number, recognised by dlib's face recogniser). The preview draws each "
                 "track's box and number; pick the people to edit with DVA Pick Face."),
             inputs=[
-                io.Image.Input("frames", tooltip="Video frames [N, H, W, 3] in 0..1."),
+                io.Image.Input("frames", optional=True, tooltip="Video frames [N, H, W, 3] in 0..1; for short clips."),
                 io.Combo.Input("detector", options=list(DETECTORS), default=next(iter(DETECTORS)),
                                tooltip="Face detector (as DVA Face Align)."),
                 io.Combo.Input("landmarks", options=list(LANDMARK_MODELS), default=next(iter(LANDMARK_MODELS)),
@@ -43,6 +46,10 @@ class DVAFaceTracks(io.ComfyNode):
                 io.Int.Input("max_gap", default=MultiTrackConfig().max_gap, min=0, max=1000, step=1, tooltip=
                              "A face missing for at most this many frames keeps its track (filled in); after a "
                              "longer absence its frames are left untouched."),
+                io.Video.Input("video", optional=True, tooltip=
+                               "A core VIDEO (core Load Video) to track straight from its file, a chunk of frames at a "
+                               "time: for long clips. Use instead of frames; then end with DVA Decode + Paste to "
+                               "Video. The preview shows the first frames."),
             ],
             outputs=[
                 Tracks.Output(display_name="tracks", tooltip="Every face track; connect to DVA Pick Face."),
@@ -51,19 +58,32 @@ class DVAFaceTracks(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, frames, detector, landmarks, face_order, max_gap) -> io.NodeOutput:
+    def execute(cls, detector, landmarks, face_order, max_gap, frames=None, video=None) -> io.NodeOutput:
         require_all(NODE_TRACKS, REQUIRES)
         from dva_model.face.multitrack import MultiTrackConfig
-        from dva_model.people import preview_in_memory, track_people_in_memory
+        from dva_model.face.recognition import DlibRecogniser
+        from dva_model.people import (
+            VideoPeople, preview_in_memory, track_people_in_memory, track_people_in_video, track_preview_frames,
+        )
 
-        people = track_people_in_memory(frames, _landmarker(detector, landmarks), order=face_order,
-                                        config=MultiTrackConfig(max_gap=max_gap), chunk_size=CHUNK_FRAMES,
+        landmarker, config = _landmarker(detector, landmarks), MultiTrackConfig(max_gap=max_gap)
+        if video is not None:
+            from .video import video_file
+
+            info, indices, people = track_people_in_video(
+                video_file(video), landmarker, recogniser=DlibRecogniser(), config=config, order=face_order,
+                chunk_size=CHUNK_FRAMES, callback=progress_callback())
+            tracked = VideoPeople(info=info, indices=indices, people=people)
+            return io.NodeOutput(tracked, track_preview_frames(tracked, PREVIEW_CROPS).to(intermediate_device()))
+        if frames is None:
+            raise ValueError(f"{NODE_TRACKS} needs frames (IMAGE) or a video (VIDEO); connect one of them.")
+        people = track_people_in_memory(frames, landmarker, order=face_order, config=config, chunk_size=CHUNK_FRAMES,
                                         callback=progress_callback())
         return io.NodeOutput(people, preview_in_memory(frames, people).to(intermediate_device()))
 
 
 class DVAPickFace(io.ComfyNode):
-    """Aligns one tracked person (by number, or by a reference photo) for the edit chain."""
+    """Aligns the chosen people (by number, all of them, or by reference photos), one DVA_FACES each."""
 
     REQUIRES = REQUIRES
 
@@ -75,15 +95,18 @@ class DVAPickFace(io.ComfyNode):
         return io.Schema(
             node_id="DVAPickFace", display_name=NODE_PICK, category=CATEGORY_VIDEO,
             description=(
-                "Picks one person from DVA Face Tracks, by track number (see its preview) or, when a reference "
-                "photo is connected, the person nearest in identity to the photo, and aligns their face as DVA "
-                "Face Align does. Frames where the person is absent are flagged and pass through Paste Back "
-                "untouched, as do all other people."),
+                "Picks people from DVA Face Tracks, by track number (see its preview), 'all' of them, or, when "
+                "reference photos are connected, the person nearest in identity to each photo, and aligns their "
+                "faces as DVA Face Align does. Gives a list, one entry per person: the nodes after it run once per "
+                "person and DVA Paste Back pastes them all, in the listed order. Frames where a person is absent, "
+                "and everyone not picked, pass through untouched."),
             inputs=[
-                io.Image.Input("frames", tooltip="The same frames DVA Face Tracks saw."),
+                io.Image.Input("frames", optional=True, tooltip=
+                               "The same frames DVA Face Tracks saw (not needed when it tracked a VIDEO)."),
                 Tracks.Input("tracks", tooltip="From DVA Face Tracks."),
-                io.Int.Input("face", default=0, min=0, max=99, step=1, tooltip=
-                             "Track number of the person (the preview's numbers); ignored when a reference is connected."),
+                io.String.Input("face", default="0", tooltip=
+                                "Track numbers of the people, as on the preview: '0', '0,2' (pasted in that order, the "
+                                "last on top), or 'all'. Ignored when a reference is connected."),
                 io.Int.Input("crop_size", default=CROP_SIZE, min=64, max=1024, step=8, tooltip=
                              "Side of the aligned crops in pixels; must equal the model's image size (256 released)."),
                 io.Float.Input("sigma_centre", default=SIGMA_CENTRE, min=0.0, max=20.0, step=0.1,
@@ -93,24 +116,47 @@ class DVAPickFace(io.ComfyNode):
                 io.Combo.Input("method", options=list(ALIGN_METHODS), default=next(iter(ALIGN_METHODS)),
                                tooltip="'direct' or 'release' crops (as DVA Face Align)."),
                 io.Image.Input("reference", optional=True, tooltip=
-                               "A photo of the person to pick (the first image of the batch); overrides 'face'."),
+                               "Photos of the people to pick, one person per image of the batch, pasted in batch order; "
+                               "overrides 'face'."),
             ],
             outputs=[
-                Faces.Output(display_name="faces", tooltip="The person's aligned crops, quads and face flags."),
-                io.Image.Output(display_name="crops", tooltip="The aligned crops as IMAGE, for previewing."),
+                Faces.Output(display_name="faces", is_output_list=True, tooltip=
+                             "Each picked person's aligned crops (or face tracks), quads and face flags: a list."),
+                io.Image.Output(display_name="crops", is_output_list=True, tooltip=
+                                "Each person's aligned crops as IMAGE, for previewing (the first crops of a VIDEO)."),
             ],
         )
 
     @classmethod
-    def execute(cls, frames, tracks, face, crop_size, sigma_centre, sigma_axes, method,
+    def validate_inputs(cls, face, **_):
+        """A mistyped choice is refused before the graph runs (HTTP 400), with the CLI's sentence."""
+        from dva_model.errors import UserError
+        from dva_model.face.multitrack import parse_face_ids
+
+        try:
+            parse_face_ids(str(face))
+        except UserError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, tracks, face, crop_size, sigma_centre, sigma_axes, method, frames=None,
                 reference=None) -> io.NodeOutput:
         require_all(NODE_PICK, REQUIRES)
         from dva_model.face.align import AlignConfig
         from dva_model.formats.image_io import to_uint8
-        from dva_model.people import align_person_in_memory, pick_person
+        from dva_model.people import align_person_in_memory, faces_of, pick_people
 
-        photo = None if reference is None else to_uint8(reference[0])
-        person = pick_person(tracks, face, photo, landmarker=_landmarker("dlib", "dlib") if photo is not None else None)
+        photos = [] if reference is None else [to_uint8(image) for image in reference]
+        video = None if isinstance(tracks, list) else tracks  # tracks of a VIDEO name their file
+        chosen = pick_people(tracks if video is None else video.people, str(face), photos,
+                             landmarker=_landmarker("dlib", "dlib") if photos else None)
         config = AlignConfig(size=crop_size, sigma_centre=sigma_centre, sigma_axes=sigma_axes, method=method)
-        faces = align_person_in_memory(frames, person, align=config, chunk_size=CHUNK_FRAMES, device=_work_device())
-        return io.NodeOutput(faces, crops_to_image(faces.crops))
+        if video is not None:
+            people = faces_of(video.info, video.indices, chosen, config)
+            return io.NodeOutput(people, [preview_crops(faces) for faces in people])
+        if frames is None:
+            raise ValueError(f"{NODE_PICK} needs the frames DVA Face Tracks saw; connect them.")
+        people = [align_person_in_memory(frames, person, align=config, chunk_size=CHUNK_FRAMES, device=_work_device())
+                  for person in chosen]
+        return io.NodeOutput(people, [crops_to_image(faces.crops) for faces in people])

@@ -1,5 +1,6 @@
 """PasteBack: edited crops composited into the full-resolution frames through face-parsing masks."""
 
+import torch
 from comfy_api.v0_0_2 import io
 
 from ._host import image_to_crops, intermediate_device, progress_callback, require_all
@@ -18,14 +19,14 @@ class DVAPasteBack(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="DVAPasteBack", display_name=NODE, category=CATEGORY_VIDEO,
+            node_id="DVAPasteBack", display_name=NODE, category=CATEGORY_VIDEO, is_input_list=True,
             description=(
                 "Composites the edited crops into the original frames through a BiSeNet face-parsing mask of "
                 "the original crop (the published 'release' preset: face without hair, ears and neck) or a MASK "
                 "you connect, and the inverse of the crop warp. Presets keep hair, glasses or beard edits; "
                 "dilation, feathering and temporal smoothing soften the seam. Frames without a face pass through "
                 "untouched. The video output carries the frames with the source's frame rate and audio, for core "
-                "Save Video."),
+                "Save Video. Several people (a list from DVA Pick Face) are pasted in the list's order, the last on top."),
             inputs=[
                 io.Image.Input("frames", tooltip="The original frames, the same ones DVA Face Align saw."),
                 Faces.Input("faces", tooltip="The alignment of those frames from DVA Face Align."),
@@ -53,27 +54,72 @@ class DVAPasteBack(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, faces, crops, model, mask_preset, union_edited, dilate, feather, temporal_sigma,
-                composite, fps=30.0, mask=None, audio=None) -> io.NodeOutput:
+                composite, fps=(30.0,), mask=None, audio=None) -> io.NodeOutput:
+        # Every input is a list (is_input_list): the faces and crops hold one entry per person.
         require_all(NODE, REQUIRES)
-        from dva_model.face.paste import PasteConfig
-        from dva_model.pipeline import EditConfig, paste_masks
+        from dva_model.pipeline import EditConfig
+        from dva_model.progress import one_bar
 
-        size = faces.config.size
-        edited = resize_crops(image_to_crops(crops), size)
-        _check_sizes(frames, faces, edited)
-        callback = progress_callback()
-        if mask is None:
-            config = EditConfig(paste=PasteConfig.from_preset(
-                mask_preset, union_edited=union_edited, dilate=dilate, feather=feather, temporal_sigma=temporal_sigma,
-                composite=composite))
-            numbers = [faces.indices[row] for row in faces.face_rows]
-            masks = paste_masks(model.acquire(), faces.crops, edited, numbers, config=config, callback=callback).cpu()
-        else:
-            masks = crop_masks(mask, len(edited), size)
-        out, alpha = composite_frames(frames, faces, edited, masks, composite=composite, device=model.device,
-                                      callback=callback)
-        out, alpha = out.to(intermediate_device()), alpha.to(intermediate_device())
+        frames, model, fps = single(frames, "frames"), single(model, "model"), single(fps, "fps")
+        audio = None if audio is None else single(audio, "audio")
+        people = per_person(faces, crops, "crops from DVA DDIM Decode")
+        masks = None if mask is None else per_person(faces, mask, "masks", one_for_all=True)
+        paste = paste_settings(mask_preset, union_edited, dilate, feather, temporal_sigma, composite)
+        config = EditConfig(paste=paste)
+        # One bar: per person, a unit per frame for the masks, then per frame pasted.
+        bar = one_bar(progress_callback(), {f"{stage} {k}": len(frames) for k in range(len(people))
+                                            for stage in ("masks", "paste")})
+        alpha = torch.zeros(frames.shape[:3])
+        for k, (person, edited_image) in enumerate(people):
+            own_mask = None if masks is None else masks[k][1]
+            frames, person_alpha = paste_person(frames, person, edited_image, model, config, own_mask,
+                                                mask_progress=bar(f"masks {k}"), paste_progress=bar(f"paste {k}"))
+            alpha = torch.maximum(alpha, person_alpha)  # later people paste over earlier ones
+        out, alpha = frames.to(intermediate_device()), alpha.to(intermediate_device())
         return io.NodeOutput(out, alpha, as_video(out, fps, audio))
+
+
+def paste_person(frames, faces, crops, model, config, mask=None, *, mask_progress=None, paste_progress=None):
+    """One person's edited ``crops`` (IMAGE [M, h, w, 3]) pasted into ``frames`` [N, H, W, 3] through the
+    face-parsing masks of ``config`` (or the user's crop-space ``mask``): (frames, alpha [N, H, W]) on the CPU."""
+    from dva_model.pipeline import paste_masks
+
+    size = faces.config.size
+    edited = resize_crops(image_to_crops(crops), size)
+    _check_sizes(frames, faces, edited)
+    if mask is None:
+        numbers = [faces.indices[row] for row in faces.face_rows]
+        masks = paste_masks(model.acquire(), faces.crops, edited, numbers, config=config, callback=mask_progress).cpu()
+    else:
+        masks = crop_masks(mask, len(edited), size)
+    return composite_frames(frames, faces, edited, masks, composite=config.paste.composite, device=model.device,
+                            callback=paste_progress)
+
+
+def paste_settings(mask_preset, union_edited, dilate, feather, temporal_sigma, composite):
+    """The ``PasteConfig`` of the paste widgets (``paste_setting_inputs``), each given as a one-item list."""
+    from dva_model.face.paste import PasteConfig
+
+    return PasteConfig.from_preset(
+        single(mask_preset, "mask_preset"), union_edited=single(union_edited, "union_edited"),
+        dilate=single(dilate, "dilate"), feather=single(feather, "feather"),
+        temporal_sigma=single(temporal_sigma, "temporal_sigma"), composite=single(composite, "composite"))
+
+
+def single(values: list, name: str):
+    """The one value of a list input that must not vary by person (several: refused in one sentence)."""
+    if len(values) != 1:
+        raise ValueError(f"One {name} serves every person, but {len(values)} came in; connect a single {name}, "
+                         "not a list.")
+    return values[0]
+
+
+def per_person(faces: list, values: list, name: str, *, one_for_all: bool = False) -> list:
+    """[(faces, value)] for each person: one value per person (or, with ``one_for_all``, one for everyone)."""
+    if len(values) != len(faces) and not (one_for_all and len(values) == 1):
+        raise ValueError(f"{NODE} got {len(faces)} people's faces but {len(values)} {name}; connect the chain of "
+                         "the same DVA Pick Face (or DVA Face Align).")
+    return [(person, values[min(k, len(values) - 1)]) for k, person in enumerate(faces)]
 
 
 def resize_crops(crops, size: int):

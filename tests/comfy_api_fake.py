@@ -39,8 +39,9 @@ class _Output:
     io_type = "*"
 
     def __init__(self, id: Optional[str] = None, *, display_name: Optional[str] = None,
-                 tooltip: Optional[str] = None):
+                 tooltip: Optional[str] = None, is_output_list: bool = False):
         self.id, self.display_name, self.tooltip = id, display_name, tooltip
+        self.is_output_list = is_output_list
 
 
 def _comfy_type(io_type: str) -> type:
@@ -66,6 +67,7 @@ class Schema:
     hidden: list = field(default_factory=list)
     description: str = ""
     is_output_node: bool = False
+    is_input_list: bool = False
     not_idempotent: bool = False
 
 
@@ -161,6 +163,7 @@ def v1_info(node: type) -> dict:
         "input_order": {section: list(inputs) for section, inputs in declared.items()},
         "output": [o.io_type for o in schema.outputs],
         "output_name": [o.display_name or o.io_type for o in schema.outputs],
+        "output_is_list": [o.is_output_list for o in schema.outputs],
         "output_node": schema.is_output_node,
         "category": schema.category,
         "display_name": schema.display_name,

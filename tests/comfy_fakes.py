@@ -173,3 +173,42 @@ def model_handle(model, model_id: str = "small.safetensors:1"):
 
     patcher = sys.modules["comfy.model_patcher"].ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
     return ModelHandle(model=model, patcher=patcher, model_id=model_id, device=torch.device("cpu"), dtype=torch.float32)
+
+
+class Outputs:
+    """A node's outputs as ComfyUI's executor holds them (one list per output), read back the way a test
+    wants them: ``outputs[k]`` is the value itself when the node ran once and output k is not a list
+    output, else the list. ``ui``: the run's UI dict (several runs: each key's lists joined)."""
+
+    def __init__(self, lists: list, runs: list, list_outputs: list) -> None:
+        self.lists, self.runs, self._list_outputs = lists, runs, list_outputs
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def __getitem__(self, k: int):
+        values = self.lists[k]
+        return values[0] if len(self.runs) == 1 and not self._list_outputs[k] else values
+
+    @property
+    def ui(self):
+        uis = [run.ui for run in self.runs if getattr(run, "ui", None)]
+        return uis[0] if len(uis) == 1 else {key: [v for ui in uis for v in ui.get(key, [])] for key in uis[0]}
+
+
+def run_listed(node, inputs: dict) -> Outputs:
+    """Run ``node`` on list-valued ``inputs`` as ComfyUI 0.3.x's executor does (``_async_map_node_over_list``
+    and ``merge_result_data`` in its execution.py): a node whose schema sets ``is_input_list`` gets the lists
+    in one call; any other runs once per position, a shorter list repeating its last item; outputs flagged
+    ``is_output_list`` are concatenated over the runs, the others collected one value per run."""
+    schema = node.define_schema() if hasattr(node, "define_schema") else None
+    if schema is not None and schema.is_input_list:
+        runs = [node.execute(**inputs)]
+    else:
+        count = max((len(values) for values in inputs.values()), default=1)
+        runs = [node.execute(**{name: values[min(i, len(values) - 1)] for name, values in inputs.items()})
+                for i in range(count)]
+    width = len(runs[0].args)
+    flags = [o.is_output_list for o in schema.outputs] if schema is not None else [False] * width
+    lists = [[item for run in runs for item in run[k]] if flags[k] else [run[k] for run in runs] for k in range(width)]
+    return Outputs(lists, runs, flags)

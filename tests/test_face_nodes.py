@@ -1,5 +1,6 @@
 """The several-people nodes as ComfyUI calls them (fake host): Face Tracks with its numbered preview, Pick Face
-by number and by reference photo, on real multi-face frames; they offer the CLI's choices."""
+by number, 'all' and by reference photos, on real multi-face frames; they offer the CLI's choices. Pick Face
+gives ComfyUI lists (one entry per person); Paste Back takes them whole and pastes every person in order."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,12 @@ from media import RETURN_FRAMES, decoded_frames, media_path
 
 def _tracks(comfy_host, name, count, order="largest"):
     node = pack_nodes()["DVAFaceTracks"]
-    return node.execute(decoded_frames(name, count), "dlib", "dlib", order, 8)
+    return node.execute("dlib", "dlib", order, 8, frames=decoded_frames(name, count))
+
+
+def _pick(tracks, face, frames, **options):
+    options = {"crop_size": 256, "sigma_centre": 1.0, "sigma_axes": 3.0, "method": "direct", **options}
+    return pack_nodes()["DVAPickFace"].execute(tracks, face, frames=frames, **options)
 
 
 def test_face_tracks_numbers_every_person_and_previews_them(comfy_host):
@@ -30,18 +36,55 @@ def test_pick_face_by_number_and_by_reference_photo(comfy_host):
 
     frames = decoded_frames("leave_and_return.mp4", RETURN_FRAMES)
     tracks, _ = _tracks(comfy_host, "leave_and_return.mp4", RETURN_FRAMES)
-    node = pack_nodes()["DVAPickFace"]
     photo = torch.from_numpy(np.array(Image.open(media_path("biden.jpg")).convert("RGB"))).float()[None] / 255
-    by_photo, crops = node.execute(frames, tracks, 0, 256, 1.0, 3.0, "direct", reference=photo)
+    (by_photo,), (crops,) = _pick(tracks, "0", frames, reference=photo)
     biden = min(tracks, key=lambda p: -np.nanmedian(p.track.boxes[:, 0]))  # the right-hand person
-    by_number, _ = node.execute(frames, tracks, biden.track_id, 256, 1.0, 3.0, "direct")
+    (by_number,), _ = _pick(tracks, str(biden.track_id), frames)
     assert np.array_equal(by_photo.quads, by_number.quads, equal_nan=True)
     assert by_photo.has_face.all() and crops.shape == (RETURN_FRAMES, 256, 256, 3)
     obama = tracks[1 - biden.track_id]
-    picked, _ = node.execute(frames, tracks, obama.track_id, 256, 1.0, 3.0, "direct")
+    (picked,), _ = _pick(tracks, obama.track_id, frames)  # an API prompt of the last release sends a number
     assert not picked.has_face[20:36].any() and picked.has_face[:10].all()  # away: flagged, left untouched
     with pytest.raises(ValueError, match=r"^Face track 5 does not exist: this clip has 2 face track\(s\)"):
-        node.execute(frames, tracks, 5, 256, 1.0, 3.0, "direct")
+        _pick(tracks, "5", frames)
+
+
+def test_pick_face_all_and_several_give_one_list_entry_per_person_in_order(comfy_host):
+    frames = decoded_frames("multi_face_pan.mp4", 4)
+    tracks, _ = _tracks(comfy_host, "multi_face_pan.mp4", 4)
+    every, crops = _pick(tracks, "all", frames)
+    assert len(every) == len(crops) == 4 and all(c.shape == (4, 256, 256, 3) for c in crops)
+    quads = [faces.quads for faces in every]
+    assert all(not np.array_equal(quads[i], quads[j]) for i in range(4) for j in range(i))  # four people
+    two, _ = _pick(tracks, " 2,0 ", frames)
+    assert [np.array_equal(f.quads, quads[k]) for f, k in zip(two, (2, 0))] == [True, True], "in the order typed"
+    node = pack_nodes()["DVAPickFace"]
+    assert node.validate_inputs(face="all") is node.validate_inputs(face="0,2") is True
+    assert node.validate_inputs(face="first") == (
+        "Faces 'first' must be 'all' or track numbers separated by commas, e.g. 0 or 0,2.")
+    assert node.validate_inputs(face="1,1") == "Faces '1,1': track numbers are 0 or more, each given once."
+    outputs = node.define_schema().outputs
+    assert [o.is_output_list for o in outputs] == [True, True]
+
+
+def test_pick_face_takes_one_person_per_reference_photo(comfy_host):
+    from PIL import Image
+
+    frames = decoded_frames("leave_and_return.mp4", RETURN_FRAMES)
+    tracks, _ = _tracks(comfy_host, "leave_and_return.mp4", RETURN_FRAMES)
+
+    def photo(name):
+        canvas = Image.new("RGB", (1000, 2240))  # one batch, one size: each whole photo on a black canvas
+        canvas.paste(Image.open(media_path(name)).convert("RGB"))
+        return torch.from_numpy(np.array(canvas)).float() / 255
+
+    both, _ = _pick(tracks, "0", frames, reference=torch.stack([photo("biden.jpg"), photo("obama2.jpg")]))
+    biden = min(tracks, key=lambda p: -np.nanmedian(p.track.boxes[:, 0]))
+    by_number, _ = _pick(tracks, f"{biden.track_id},{1 - biden.track_id}", frames)
+    assert all(np.array_equal(a.quads, b.quads, equal_nan=True) for a, b in zip(both, by_number, strict=True))
+    assert [bool(f.has_face[20:36].any()) for f in both] == [True, False], "Biden stays, Obama leaves"
+    with pytest.raises(ValueError, match=r"^Face track \d was chosen twice \(#1 and #2\)"):
+        _pick(tracks, "0", frames, reference=torch.stack([photo("biden.jpg"), photo("biden.jpg")]))
 
 
 def test_the_nodes_offer_the_cli_choices(comfy_host):
@@ -50,8 +93,8 @@ def test_the_nodes_offer_the_cli_choices(comfy_host):
     tracks_inputs = {i.id: i for i in pack_nodes()["DVAFaceTracks"].define_schema().inputs}
     pick_inputs = {i.id: i for i in pack_nodes()["DVAPickFace"].define_schema().inputs}
     assert list(tracks_inputs["face_order"].options["options"]) == list(FACE_ORDERS)  # --face-order
-    assert "max_gap" in tracks_inputs  # --max-gap
-    assert pick_inputs["face"].io_type == "INT" and pick_inputs["reference"].optional  # --faces N, --face-reference
+    assert "max_gap" in tracks_inputs and tracks_inputs["video"].optional  # --max-gap; a file, as the CLI reads
+    assert pick_inputs["face"].io_type == "STRING" and pick_inputs["reference"].optional  # --faces, --face-reference
 
 
 def test_the_two_people_workflow_runs_end_to_end_and_touches_only_the_two_faces(comfy_host, tiny_checkpoint):
@@ -74,7 +117,7 @@ def test_the_two_people_workflow_runs_end_to_end_and_touches_only_the_two_faces(
 
     frames = results["2"][0]
     tracks, preview = results["3"]
-    first, second = results["5"][0], results["6"][0]
+    (first,), (second,) = results["5"][0], results["6"][0]  # Pick Face gives lists
     once, first_mask, _ = results["16"]
     twice, second_mask, video = results["17"]
     assert len(tracks) == 4 and preview.shape == frames.shape == (3, 480, 640, 3)
@@ -85,3 +128,11 @@ def test_the_two_people_workflow_runs_end_to_end_and_touches_only_the_two_faces(
     assert changed[first_mask > 0.5].any() and changed[second_mask > 0.5].any(), "both faces are edited"
     assert torch.equal(twice[second_mask == 0], once[second_mask == 0]), "the second paste only adds the second face"
     assert video.get_components().images is twice
+
+    # The same two people as one list (what Pick Face "0,1" gives): one Paste Back, the same frames.
+    paste = prompt["16"]["inputs"]
+    settings = {name: [value] for name, value in paste.items() if not isinstance(value, list)}
+    together, mask, _ = pack_nodes()["DVAPasteBack"].execute(
+        frames=[frames], faces=[first, second], crops=[results["14"][0], results["15"][0]], model=[results["1"][0]],
+        fps=[results["2"][1]], **settings)
+    assert torch.equal(together, twice) and torch.equal(mask, torch.maximum(first_mask, second_mask))

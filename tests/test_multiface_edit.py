@@ -84,7 +84,7 @@ def test_editing_one_person_by_number_changes_only_their_face(tmp_path):
     video = multi_face_pan_video()
     info, indices, people, selection = _track(video, FRAMES)
     chosen = choose_faces(people, FaceChoice(ids=(1,)))
-    faces = faces_of(info, indices, chosen)
+    faces = faces_of(info, indices, [c.person for c in chosen])
     result = edit_faces([FaceEdit(faces[0], _target(+1))], video, tmp_path / "one.mp4", PaintingModel(),
                         config=EditConfig(steps=2, lossless=True), selection=selection)
     assert (result.frames, result.edited, result.untouched) == (FRAMES, FRAMES, ())
@@ -105,7 +105,7 @@ def test_editing_one_person_by_reference_photo_leaves_the_frames_they_are_away_f
     info, indices, people, selection = _track(video)
     chosen = choose_faces(people, FaceChoice(references=(read_reference(media_path("obama2.jpg")),)),
                           landmarker=dlib_landmarker(), recogniser=DlibRecogniser())
-    faces = faces_of(info, indices, chosen)[0]
+    faces = faces_of(info, indices, [c.person for c in chosen])[0]
     assert chosen[0].label == "obama2" and np.nanmedian(faces.quads[:, :, 0]) < info.width / 2  # the left person
     result = edit_faces([FaceEdit(faces, _target(-1))], video, tmp_path / "ref.mp4", PaintingModel(),
                         config=EditConfig(steps=2, lossless=True), selection=selection)
@@ -125,7 +125,7 @@ def test_two_people_edited_differently_in_one_run(tmp_path):
     video = multi_face_pan_video()
     info, indices, people, selection = _track(video, FRAMES)
     chosen = choose_faces(people, FaceChoice(ids=(0, 2)))
-    faces = faces_of(info, indices, chosen)
+    faces = faces_of(info, indices, [c.person for c in chosen])
     model = PaintingModel()
     result = edit_faces([FaceEdit(faces[0], _target(+1)), FaceEdit(faces[1], _target(-1))], video,
                         tmp_path / "two.mp4", model, config=EditConfig(steps=2, lossless=True), selection=selection)
@@ -162,7 +162,8 @@ def test_align_and_edit_commands_choose_faces_and_scope_edits(tmp_path, tiny_che
     info, indices, people, _ = _track(video, 3)
     chosen = choose_faces(people, FaceChoice(ids=(2, 0)))
     # the tiny random model's face parser may mark any part of the crop: compare with the crop squares
-    alphas = [_mask_alpha(f, info.height, info.width, square=True) for f in faces_of(info, indices, chosen)]
+    alphas = [_mask_alpha(f, info.height, info.width, square=True)
+              for f in faces_of(info, indices, [c.person for c in chosen])]
     changed = (output != source).any(-1)
     assert changed.any() and not (changed & ~(_near(alphas[0]) | _near(alphas[1]))).any()
     assert main(["edit", "--checkpoint", str(tiny_checkpoint), "--video", str(video), "--out", str(out),

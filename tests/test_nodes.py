@@ -357,16 +357,17 @@ def test_paste_back_takes_a_mask_crops_of_another_size_and_returns_a_video(comfy
     node = pack_nodes()["DVAPasteBack"]
     audio = {"waveform": torch.zeros(1, 2, 100), "sample_rate": 1000}
     with torch.inference_mode():
-        out, alpha, video = node.execute(frames, faces, crops, model, "release", False, 0, 0.0, 0.0, "frame",
-                                         fps=25.0, mask=torch.ones(1, 8, 8), audio=audio)
+        out, alpha, video = node.execute([frames], [faces], [crops], [model], ["release"], [False], [0], [0.0], [0.0],
+                                         ["frame"], fps=[25.0], mask=[torch.ones(1, 8, 8)], audio=[audio])
     assert out.shape == frames.shape and alpha.shape == (count, 32, 48)
     assert out[:, 16, 24].min() > 0.99 and alpha[:, 16, 24].min() > 0.99, "the white crop is pasted in the square"
     assert torch.equal(out[:, :, :10], frames[:, :, :10]) and float(alpha[:, :, :10].max()) == 0
     components = video.get_components()
     assert components.images is out and components.frame_rate == 25 and components.audio is audio
-    assert comfy_host.bars[-1] == (count, [count]), "one composite chunk, reported"
+    assert comfy_host.bars[-1] == (2 * count, [2 * count]), "one bar: the masks' share (the user's) and one chunk"
     with pytest.raises(ValueError, match=r"one MASK per edited crop \(2\) or a single one, got shape \(3, 8, 8\)"):
-        node.execute(frames, faces, crops, model, "release", False, 0, 0.0, 0.0, "frame", mask=torch.ones(3, 8, 8))
+        node.execute([frames], [faces], [crops], [model], ["release"], [False], [0], [0.0], [0.0], ["frame"],
+                     mask=[torch.ones(3, 8, 8)])
 
 
 def test_face_parsing_reports_progress_per_batch_and_cancels(comfy_host, tiny_model):

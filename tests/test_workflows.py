@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from comfy_api_fake import NodeOutput, VideoFromFile
-from comfy_fakes import install
+from comfy_fakes import install, run_listed
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "example_workflows"
@@ -277,7 +277,8 @@ class _Preview:
 
 
 def run_in_process(prompt: dict) -> dict:
-    """Execute an API-format workflow the way ComfyUI does, node by node; returns every node's NodeOutput."""
+    """Execute an API-format workflow the way ComfyUI does, node by node, lists included (``run_listed``);
+    returns every node's ``Outputs``."""
     import nodes
 
     classes = {**nodes.NODES_BY_ID, "SaveVideo": _SaveVideo, "LoadVideo": _LoadVideo,
@@ -285,12 +286,10 @@ def run_in_process(prompt: dict) -> dict:
     results = {}
     for node_id in topological_order(prompt):
         node = prompt[node_id]
-        cls = classes[node["class_type"]]
-        inputs = {name: results[value[0]][value[1]] if isinstance(value, list) else value
+        inputs = {name: results[value[0]].lists[value[1]] if isinstance(value, list) else [value]
                   for name, value in node["inputs"].items()}
         with torch.inference_mode():  # as ComfyUI runs every node
-            output = cls.execute(**inputs)
-        results[node_id] = output
+            results[node_id] = run_listed(classes[node["class_type"]], inputs)
     return results
 
 
@@ -377,10 +376,10 @@ def test_long_clip_graph_streams_from_the_video_file_to_a_video_file(comfy_host,
     from nodes.stream import DVADecodePasteVideo
 
     with pytest.raises(ValueError, match="streams from the video file"):
-        DVADecodePasteVideo.execute(model=results["1"][0], latent=latent, identity=results["7"][0],
-                                    faces=type("Clip", (), {"crops": None})(), mask_preset="release",
-                                    union_edited=False, dilate=0, feather=0.0, temporal_sigma=0.0,
-                                    composite="frame", frames_per_call=0)
+        DVADecodePasteVideo.execute(model=[results["1"][0]], latent=[latent], identity=[results["7"][0]],
+                                    faces=[type("Clip", (), {"crops": None})()], mask_preset=["release"],
+                                    union_edited=[False], dilate=[0], feather=[0.0], temporal_sigma=[0.0],
+                                    composite=["frame"], frames_per_call=[0])
 
 
 # ------------------------------------------------------------------------------------------------

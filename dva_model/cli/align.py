@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     people = people_from_args(args, selection, progress=progress)
     if people is not None and people[2] is not None:
         info, indices, chosen = people
-        for face, faces in zip(chosen, faces_of(info, indices, chosen, align)):
+        for face, faces in zip(chosen, faces_of(info, indices, [f.person for f in chosen], align)):
             crops = [c.cpu() for _, c in iter_crops(args.video, faces, selection=selection, callback=progress("crop"))]
             _write_alignment(args.out / f"face_{face.label}", with_crops(faces, crops))
         return 0

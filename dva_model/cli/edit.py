@@ -110,7 +110,8 @@ def _edit_people(args: argparse.Namespace, people, config: EditConfig, selection
     if args.save_latent is not None and len(chosen) > 1:
         raise UserError("--save-latent keeps one face's encoding; leave it out when editing several faces.")
     jobs = []
-    for label, faces in zip(labels, faces_of(info, indices, chosen, AlignConfig(method=args.align_method))):
+    align = AlignConfig(method=args.align_method)
+    for label, faces in zip(labels, faces_of(info, indices, [face.person for face in chosen], align)):
         steps = edits[label].edits()
         jobs.append(FaceEdit(faces, lambda identity, steps=steps: compose_identity_edits(identity, steps),
                              latent_path=args.save_latent))
