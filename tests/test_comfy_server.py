@@ -146,6 +146,7 @@ def test_object_info_lists_every_pack_node_as_declared(object_info, comfy_host):
     for name in PACK_NODES:
         served = object_info[name]
         assert served["category"] == ours[name]["category"] and served["output"] == ours[name]["output"], name
+        assert served["output_is_list"] == ours[name]["output_is_list"], name  # Pick Face gives lists
         assert served["category"].startswith("DVA/") and served["display_name"] == ours[name]["display_name"], name
         sections = ("required", "optional")  # V3 adds a "hidden" section (prompt, workflow) to output nodes
         assert {k: served["input_order"].get(k) for k in sections} == \
@@ -301,6 +302,37 @@ def test_long_clip_workflow_streams_core_load_video_to_core_save_video(server, t
     # frame or place would stand out: every frame must match its source up to the codec and that round trip.
     assert np.median(difference) <= 3, "outside the face the frames are the source's (up to the codec)"
     assert np.percentile(difference, 99.9, axis=(1, 2)).max() <= 24, "each face pasted back where it was"
+
+
+def test_every_face_workflow_edits_each_person_of_a_real_clip_on_the_real_executor(server, tmp_path):
+    """The shipped every-face graph as shipped: Face Tracks on a core VIDEO, Pick Face 'all' (a list), the
+    chain run once per person by ComfyUI's own list mapping, and one Decode + Paste to Video for all of them."""
+    import torch
+
+    from dva_model.formats.video import FrameSelection, VideoWriter, iter_frames, probe
+    from media import multi_face_pan_video
+
+    frames, source = 3, probe(multi_face_pan_video())
+    clip = tmp_path / "four_people.mp4"
+    (_, pixels), = iter_frames(multi_face_pan_video(), selection=FrameSelection(max_frames=frames),
+                               chunk_size=frames, dtype=torch.uint8)
+    with VideoWriter(clip, fps=source.fps, width=source.width, height=source.height, lossless=True) as writer:
+        writer.write(pixels)
+    workflow = json.loads((WORKFLOWS / "api" / "every_face_edit.json").read_text())
+    api.set_video(workflow, api.upload(server, clip))
+    api.set_inputs(workflow, [f"steps={STEPS}", "frames_per_call=4"])
+    history, events = _run(server, workflow)
+    api.check_success(history)
+    outputs = history["outputs"]
+    assert len(outputs["12"]["images"]) == frames, "the numbered track preview"
+    assert len(outputs["14"]["images"]) == 4 * frames, "Pick Face 'all': four people, their crops each"
+    (video,) = api.output_files(history)
+    result = probe(api.download(server, video, tmp_path / "edited.mp4"))
+    assert (result.frame_count, result.width, result.height) == (frames, source.width, source.height)
+    # The render counts UNet calls over every person: 4 people x 1 batch x STEPS calls.
+    decoded = [data["value"] for kind, data in events if kind == "progress" and data.get("node") == "8"]
+    assert max(decoded) == 4 * STEPS and {data["max"] for kind, data in events
+                                          if kind == "progress" and data.get("node") == "8"} == {4 * STEPS}
 
 
 def test_core_load_video_to_core_save_video_keeps_audio_and_frame_count(server, object_info, prompt, tmp_path):

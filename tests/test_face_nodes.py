@@ -136,3 +136,55 @@ def test_the_two_people_workflow_runs_end_to_end_and_touches_only_the_two_faces(
         frames=[frames], faces=[first, second], crops=[results["14"][0], results["15"][0]], model=[results["1"][0]],
         fps=[results["2"][1]], **settings)
     assert torch.equal(together, twice) and torch.equal(mask, torch.maximum(first_mask, second_mask))
+
+
+def test_every_face_workflow_streams_all_people_of_a_video_into_one_video(comfy_host, tiny_checkpoint,
+                                                                         monkeypatch):
+    """example_workflows/every_face_edit.json: core Load Video -> Face Tracks (a VIDEO) -> Pick Face 'all' ->
+    Encode, Identity Average, Attribute Edit once per person (ComfyUI's list mapping) -> Decode + Paste to
+    Video with every person, in track order, each decoded with their own edited identity -> core Save Video.
+    (That the render pastes each person inside their own mask only is shown in test_multiface_edit.py.)"""
+    import json
+    from fractions import Fraction
+
+    import dva_model.stages
+    from comfy_fakes import install
+    from dva_model.formats.latent_io import StoredLatent
+    from dva_model.formats.video import probe, write_video
+    from test_workflows import WORKFLOWS, _release_classifier, run_in_process
+
+    prompt = json.loads((WORKFLOWS / "api" / "every_face_edit.json").read_text())
+    dva = comfy_host.models / "dva"
+    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
+    _release_classifier(dva / prompt["6"]["inputs"]["classifier"])
+    write_video(comfy_host.input / prompt["2"]["inputs"]["file"], decoded_frames("multi_face_pan.mp4", 3),
+                fps=Fraction(30))
+    prompt["4"]["inputs"]["steps"] = 2
+    rendered = []
+    render = dva_model.stages.render_people
+
+    def seen(path, out_path, people, *args, **kwargs):  # records what the node hands the library's render
+        rendered.append([(p.faces, p.file.path, p.target) for p in people])
+        return render(path, out_path, people, *args, **kwargs)
+
+    monkeypatch.setattr(dva_model.stages, "render_people", seen)
+
+    results = run_in_process(prompt)
+
+    tracks, preview = results["3"]
+    assert len(tracks.people) == 4 and preview.shape == (3, 480, 640, 3)
+    people, crops = results["13"]
+    assert len(people) == 4 and not any(hasattr(faces, "crops") for faces in people)
+    assert [c.shape for c in crops] == [(3, 256, 256, 3)] * 4
+    latents, identities = results["4"].lists[0], results["7"].lists[0]  # Encode and the edit ran per person
+    assert len(latents) == len(identities) == 4 and all(isinstance(x, StoredLatent) for x in latents)
+    (job,) = rendered
+    assert [faces for faces, _, _ in job] == people, "every person, in Pick Face's order"
+    assert [str(path) for _, path, _ in job] == [str(x.path) for x in latents], "each with their own encoding"
+    assert all(torch.equal(target, identity.edited()) for (_, _, target), identity in zip(job, identities))
+    assert len({tuple(target[:4].tolist()) for _, _, target in job}) == 4, "four different identities"
+    (video,) = results["8"]
+    written = probe(video.get_stream_source())
+    assert (written.frame_count, written.width, written.height) == (3, 640, 480)
+    (saved,) = results["11"].ui["images"]
+    assert probe(comfy_host.output / saved["subfolder"] / saved["filename"]).frame_count == 3
