@@ -12,7 +12,7 @@ from dva_model.face.preview import track_colour
 from dva_model.face.recognition import DlibRecogniser
 from dva_model.formats.video import FrameSelection, probe, read_frames
 from dva_model.people import (
-    FaceChoice, choose_faces, pick_person, preview_in_memory, read_reference, track_people_in_memory,
+    FaceChoice, choose_faces, pick_people, preview_in_memory, read_reference, track_people_in_memory,
     track_people_in_video, write_track_preview,
 )
 
@@ -55,7 +55,8 @@ def test_choosing_by_number_and_by_photo_in_paste_order_and_never_twice():
     people = track_people_in_memory(decoded_frames("leave_and_return.mp4", RETURN_FRAMES), dlib_landmarker())
     obama_photo = read_reference(media_path("obama2.jpg"))
     assert obama_photo[0] == "obama2" and obama_photo[1].dtype == np.uint8
-    by_photo = pick_person(people, 0, obama_photo[1], landmarker=dlib_landmarker())
+    (by_photo,) = pick_people(people, "0", [obama_photo[1]], landmarker=dlib_landmarker())
+    assert pick_people(people, "all") == people and pick_people(people, "1,0") == people[::-1]
     other = people[1 - by_photo.track_id]
     chosen = choose_faces(people, FaceChoice(ids=(other.track_id,), references=(obama_photo,)),
                           landmarker=dlib_landmarker(), recogniser=DlibRecogniser())
