@@ -1,12 +1,9 @@
-"""Splitting a clip's frames across processes (``torchrun --nproc-per-node N``) and gathering them in order.
+"""Splitting a clip's work across processes (``torchrun --nproc-per-node N``) and collecting it in order.
 
 Every process runs the same command. ``Workers.from_environment`` joins the process group torchrun
 describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one GPU per process when the
-device is CUDA, gloo on the CPU. ``shard`` gives each process a contiguous block of rows whose start is
-a multiple of the batch size, so every network call sees exactly the frames it would see in a single
-process (same batches, same kernels: the result is bit-identical, not merely close). ``gather`` puts
-the blocks back together in frame order. A stream of chunks (the edit's inversion and decoding,
-``dva_model.stages``) is dealt round robin instead (``owner``): each process computes its chunks and
+device is CUDA, gloo on the CPU. A stream of chunks (the edit's inversion and decoding,
+``dva_model.stages``) is dealt round robin (``owner``): each process computes its chunks and
 ``send``s them to the first process, which ``receive``s them in order and writes the outputs, so no
 process holds more than a chunk.
 
@@ -68,39 +65,6 @@ class Workers:
         log.info("process %d of %d on %s", rank, world, device)
         return cls(rank=rank, world=world), device
 
-    def shard(self, count: int, *, align: int = 1) -> slice:
-        """This process's rows of ``count``: a contiguous block starting at a multiple of ``align``.
-
-        Blocks of ``align`` rows (the batch size) are dealt out as evenly as possible, earlier ranks
-        taking one more when they do not divide; a rank may get an empty slice on a short clip.
-        """
-        if align < 1:
-            raise ValueError(f"align must be at least 1, got {align}.")
-        blocks = -(-count // align)
-        per_rank, extra = divmod(blocks, self.world)
-        first = self.rank * per_rank + min(self.rank, extra)
-        last = first + per_rank + (1 if self.rank < extra else 0)
-        return slice(min(first * align, count), min(last * align, count))
-
-    def gather(self, part: Tensor, *, count: int, align: int = 1) -> Tensor:
-        """Every process's ``part`` (its ``shard(count, align=align)`` rows, [n, ...]) in row order, [count, ...].
-
-        All processes must call it with tensors of the same trailing shape and dtype; each gets the
-        whole result. With one process ``part`` is returned as it is.
-        """
-        if not self.distributed:
-            return part
-        import torch.distributed as dist
-
-        sizes = [self._peer(rank).shard(count, align=align) for rank in range(self.world)]
-        longest = max(s.stop - s.start for s in sizes)
-        # all_gather needs equal shapes, and NCCL tensors on this process's GPU
-        padded = part.new_zeros((longest, *part.shape[1:]), device=self._wire_device(part.device))
-        padded[: len(part)] = part
-        pieces = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(pieces, padded)
-        return torch.cat([piece[: s.stop - s.start] for piece, s in zip(pieces, sizes)]).to(part.device)
-
     def owner(self, chunk: int) -> int:
         """The process that computes chunk number ``chunk`` of a stream: round robin, so the first
         process, which consumes the stream in order, finds the next chunks already computed."""
@@ -143,9 +107,6 @@ class Workers:
             import torch.distributed as dist
 
             dist.barrier()
-
-    def _peer(self, rank: int) -> "Workers":
-        return Workers(rank=rank, world=self.world)
 
 
 def close(workers: Optional[Workers]) -> None:

@@ -12,6 +12,12 @@ STATS_SUFFIXES = (".pkl", ".pt", ".pth")
 NO_STATS = "none"
 
 
+def release_choices(suffixes: tuple, *, kind: str, group: str) -> list:
+    """A loader's combo options: the ``kind`` files with ``suffixes`` in models/dva plus download ``group``'s
+    released files of that suffix not there yet."""
+    return with_release_names(model_files(*suffixes, kind=kind), *suffixes, group=group)
+
+
 def download_input(what: str):
     return io.Boolean.Input("download_if_missing", default=False, optional=True, tooltip=
                             f"When the chosen file is not in ComfyUI/models/dva, download {what} from the authors' "
@@ -24,8 +30,7 @@ class DVAModelLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        checkpoints = with_release_names(model_files(*CHECKPOINT_SUFFIXES, kind="dva"), *CHECKPOINT_SUFFIXES,
-                                         group="dva")
+        checkpoints = release_choices(CHECKPOINT_SUFFIXES, kind="dva", group="dva")
         return io.Schema(
             node_id="DVAModelLoader", display_name="DVA Model Loader", category=CATEGORY_MODEL,
             description=(
@@ -59,10 +64,8 @@ class DVAClassifierLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        classifiers = with_release_names(model_files(*CLASSIFIER_SUFFIXES, kind="classifier"), *CLASSIFIER_SUFFIXES,
-                                         group="classifier")
-        stats = with_release_names(model_files(*STATS_SUFFIXES, kind="latent_stats"), *STATS_SUFFIXES,
-                                   group="classifier")
+        classifiers = release_choices(CLASSIFIER_SUFFIXES, kind="classifier", group="classifier")
+        stats = release_choices(STATS_SUFFIXES, kind="latent_stats", group="classifier")
         return io.Schema(
             node_id="DVAClassifierLoader", display_name="DVA Classifier Loader", category=CATEGORY_MODEL,
             description=(

@@ -22,7 +22,6 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from dva_model.formats import checkpoint
 from dva_model.face.align import AlignConfig
@@ -30,6 +29,7 @@ from dva_model.formats.checkpoint import EncoderFiles, load_model, save_model
 from dva_model.formats.files import check_writable_folder, write_atomically
 from dva_model.cli.align import add_face_options, landmarker_from_args
 from dva_model.cli.options import finite_float
+from dva_model.distributed import Workers, close
 from dva_model.errors import UserError
 from dva_model.formats.image_io import crops_to_uint8
 from dva_model.model import DVAConfig, DVAModel
@@ -123,27 +123,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _start_distributed(device: str) -> torch.device:
-    """Join the torchrun process group when there is one (NCCL on CUDA, gloo on CPU); this process's device."""
-    device = torch.device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def _unet_config(args: argparse.Namespace) -> Optional[UNetConfig]:
     """The UNet size asked for on the command line, or None when no size option was given."""
     given = {name: getattr(args, name) for name in UNET_OPTIONS if getattr(args, name) is not None}
@@ -181,17 +160,16 @@ def _initial_model(args: argparse.Namespace) -> DVAModel:
     return model
 
 
-def _training_clips(args: argparse.Namespace, device: torch.device):
+def _training_clips(args: argparse.Namespace, device: torch.device, workers: Workers):
     """Clip folders of DATA plus the aligned videos of DATA (the processes share the aligning)."""
     videos, roots = list_videos(args.data), [args.data]
     if videos:
         cache = args.aligned_cache or args.out / ALIGNED_DIR
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         landmarker = landmarker_from_args(args, device=str(device), one_clip=False)
-        align_videos(videos[rank::world], cache, landmarker=landmarker,
+        align_videos(videos[workers.rank::workers.world], cache, landmarker=landmarker,
                      align=AlignConfig(method=args.align_method), track=TrackConfig(max_gap=args.max_gap),
-                     callback=terminal_progress("align videos", enabled=not args.quiet and rank == 0))
-        _barrier()
+                     callback=terminal_progress("align videos", enabled=not args.quiet and workers.is_root))
+        workers.barrier()
         roots.append(cache)
     return list_clips(*roots)
 
@@ -210,14 +188,14 @@ def _warn_on_changes(state: Dict, config: TrainConfig, info: str) -> None:
                     ", ".join(f"{k} {before[k]} -> {now[k]}" for k in changed))
 
 
-def _save(trainer: Trainer, out: Path, info: str) -> None:
+def _save(trainer: Trainer, out: Path, info: str, workers: Workers) -> None:
     """Write the EMA model file and the training state (collective; rank 0 writes)."""
     state = trainer.state_dict()
-    if _rank() == 0:
+    if workers.is_root:
         save_model(out / MODEL_FILE, trainer.ema_model)
         save_training_state(out / STATE_FILE, {**state, "run": info})
         log.info("step %d: saved %s and %s", trainer.step, out / MODEL_FILE, STATE_FILE)
-    _barrier()
+    workers.barrier()
 
 
 def save_preview(model: DVAModel, frames: torch.Tensor, path: Path, *, steps: int) -> Path:
@@ -247,17 +225,15 @@ def _use_deterministic_kernels() -> None:
 def run(args: argparse.Namespace) -> int:
     if args.deterministic:
         _use_deterministic_kernels()
-    device = _start_distributed(args.device)
+    workers, device = Workers.from_environment(args.device)
     try:
-        return _train(args, device)
+        return _train(args, torch.device(device), workers)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close(workers)
 
 
-def _train(args: argparse.Namespace, device: torch.device) -> int:
-    rank = _rank()
-    if rank != 0:
+def _train(args: argparse.Namespace, device: torch.device, workers: Workers) -> int:
+    if not workers.is_root:
         logging.getLogger().setLevel(logging.WARNING)  # one process reports
     if args.steps is None and not args.align_only:
         raise UserError("--steps is required: give the number of training steps to reach.")
@@ -270,7 +246,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     data = DataConfig(frames_per_video=args.frames_per_video, videos_per_rank=args.videos_per_rank,
                       flip=not args.no_flip, seed=args.seed)
     info = _run_info(args, data)
-    clips = _training_clips(args, device)
+    clips = _training_clips(args, device, workers)
     if args.align_only:
         log.info("%d clips ready for training", len(clips))
         return 0
@@ -283,14 +259,14 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     if trainer.step >= args.steps:
         log.info("%s is already at step %d; raise --steps to train further.", args.out, trainer.step)
         return 0
-    frames = StepFrames(clips, image_size=image_size, config=data, rank=rank, world_size=trainer.world_size)
+    frames = StepFrames(clips, image_size=image_size, config=data, rank=workers.rank, world_size=trainer.world_size)
     loader = torch.utils.data.DataLoader(
         frames, sampler=range(trainer.step, args.steps), batch_size=None, num_workers=args.workers,
         pin_memory=device.type == "cuda", generator=torch.Generator(),  # never draw from the global RNG
     )
-    previews = preview_frames(clips, count=args.preview_frames, image_size=image_size) if rank == 0 else None
+    previews = preview_frames(clips, count=args.preview_frames, image_size=image_size) if workers.is_root else None
     args.out.mkdir(parents=True, exist_ok=True)
-    fit(trainer, loader, total_steps=args.steps, callback=_step_policy(args, trainer, info, previews))
+    fit(trainer, loader, total_steps=args.steps, callback=_step_policy(args, trainer, info, previews, workers))
     return 0
 
 
@@ -306,9 +282,9 @@ def _make_trainer(args: argparse.Namespace, config: TrainConfig, info: str, devi
     return trainer
 
 
-def _step_policy(args: argparse.Namespace, trainer: Trainer, info: str, previews: Optional[torch.Tensor]):
+def _step_policy(args: argparse.Namespace, trainer: Trainer, info: str, previews: Optional[torch.Tensor],
+                 workers: Workers):
     """The callback ``fit`` calls after each step: progress lines, checkpoints and previews."""
-    rank = _rank()
 
     def due(step: int, every: int) -> bool:  # every `every` steps, and at the last step
         return (every > 0 and step % every == 0) or step == args.steps
@@ -319,8 +295,8 @@ def _step_policy(args: argparse.Namespace, trainer: Trainer, info: str, previews
                      report.step, report.total, report.loss, report.simple, report.reg,
                      report.frames_per_second, _format_eta(report.eta_seconds))
         if due(report.step, args.save_every):
-            _save(trainer, args.out, info)
-        if rank == 0 and args.preview_every > 0 and due(report.step, args.preview_every):
+            _save(trainer, args.out, info, workers)
+        if workers.is_root and args.preview_every > 0 and due(report.step, args.preview_every):
             path = save_preview(trainer.ema_model, previews, args.out / PREVIEW_DIR / f"step-{report.step:07d}.png",
                                 steps=args.preview_steps)
             score = evaluation_loss(trainer.ema_model, previews, timesteps=EVAL_TIMESTEPS, seed=args.seed)
