@@ -333,11 +333,9 @@ def edit_faces(
     where they overlap). Frames where nobody chosen is present, and every pixel outside the chosen
     faces' paste masks, keep the source's values. Stages per person "encode", "invert"; then "decode",
     "paste" once. ``config``'s own edits are not used: each ``FaceEdit.target`` says the edit.
-    Several ``workers`` (torchrun) share one person's edit (``edit_tracked``); several people run in one
-    process.
+    Several ``workers`` (torchrun, every process calling this with the same arguments) share each
+    person's inversion and the decoding, chunk by chunk; the first process writes the files.
     """
-    if workers.world > 1 and len(people) > 1:
-        raise UserError("Several faces are edited in one process; run this edit without torchrun.")
     batch = config.batch_size or auto_batch_size(model_device(model), model.image_size)
     batch = int(workers.broadcast_text(str(batch)))  # the first process's: the same batches everywhere
     chunk = max(config.chunk_frames, batch)
@@ -356,9 +354,7 @@ def edit_faces(
                                     decode_callback=stage_progress("decode"), paste_callback=stage_progress("paste"),
                                     workers=workers)
         else:
-            job = jobs[0]
-            decode_for_first(model, job.file, job.faces, job.target, batch_size=batch, chunk_frames=chunk,
-                             workers=workers)
+            decode_for_first(model, jobs, batch_size=batch, chunk_frames=chunk, workers=workers)
             written = Path(out_path)  # written by the first process
     anyone = np.logical_or.reduce([person.faces.has_face for person in people])  # [N]
     indices = people[0].faces.indices

@@ -286,20 +286,22 @@ def _edit_chunks(model, file: LatentFile, faces: FaceTracks, target: torch.Tenso
             yield _Chunk(positions, rows, edited, source if need_source else None, masks)
 
 
-def decode_for_first(model, file: LatentFile, faces: FaceTracks, target: torch.Tensor, *, batch_size: int,
-                     chunk_frames: int, workers: Workers) -> None:
-    """Another process's share of ``render_video`` under torchrun: decode the chunks of frames that
-    ``workers.owner`` gives it (the same chunks and batches as one process) and send the edited crops
-    [m, 3, S, S] float32 to the first process, which parses, pastes and writes them in order."""
-    total = len(faces.indices)
+def decode_for_first(model, people: Sequence["PersonEdit"], *, batch_size: int, chunk_frames: int,
+                     workers: Workers) -> None:
+    """Another process's share of ``render_people`` under torchrun: decode the chunks of frames that
+    ``workers.owner`` gives it (the same chunks and batches as one process), each chunk for every person
+    in order, and send the edited crops [m, 3, S, S] float32 to the first process, which receives them in
+    that same order (chunk by chunk, person by person), parses, pastes and writes them."""
+    total = len(people[0].faces.indices)
     own = [k for k in range(-(-total // chunk_frames)) if workers.owner(k) == workers.rank]
     log.info("process %d of %d: decoding frame chunks %s", workers.rank, workers.world, own)
     for k in own:
-        rows = faces.crop_rows(range(k * chunk_frames, min((k + 1) * chunk_frames, total)))
-        if rows.stop > rows.start:
-            edited = model.decode(file.read("x_T", rows), target, file.read("z_lnd", rows), steps=file.steps,
-                                  batch_size=batch_size)
-            workers.send(edited, to=0)
+        for person in people:
+            rows = person.faces.crop_rows(range(k * chunk_frames, min((k + 1) * chunk_frames, total)))
+            if rows.stop > rows.start:
+                edited = model.decode(person.file.read("x_T", rows), person.target, person.file.read("z_lnd", rows),
+                                      steps=person.file.steps, batch_size=batch_size)
+                workers.send(edited, to=0)
 
 
 @dataclass(frozen=True)
@@ -354,7 +356,7 @@ def render_people(
     complete. Pixels outside every paste mask keep the source's values. ``decode_callback`` counts UNet
     calls, ``paste_callback`` frames written; either may raise to cancel (the workers stop first).
     With several ``workers`` (torchrun; this is the first process) the others decode their chunks
-    (``decode_for_first``); that works for one person only.
+    (``decode_for_first``).
     """
     limit_heap_growth()
     first = people[0].faces

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace, edits, config: EditConfig, selection, workers: Workers) -> int:
     progress = (lambda stage: terminal_progress(stage, enabled=not args.quiet and workers.is_root))
     # Faces first: a video without a face fails before the (large) model is loaded.
-    people = people_from_args(args, selection, device=args.device, progress=progress)
+    people = people_from_args(args, selection, device=args.device, progress=progress, write_preview=workers.is_root)
     if people is not None and people[2] is not None:
         return _edit_people(args, people, config, selection, progress, workers)
     faces = track_video(args.video, landmarker_from_args(args, device=args.device), selection=selection,

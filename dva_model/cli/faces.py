@@ -104,10 +104,12 @@ def edits_per_face(args: argparse.Namespace, labels: Sequence[str]) -> dict[str,
     return out
 
 
-def people_from_args(args: argparse.Namespace, selection, *, device: str = "cpu", progress=None):
+def people_from_args(args: argparse.Namespace, selection, *, device: str = "cpu", progress=None,
+                     write_preview: bool = True):
     """Track every face when --faces, --face-reference or --preview-tracks asks for it: returns the video's
     info, the frame indices and the chosen faces (None when only the preview was asked for); None when
-    none of those options is given (the single-face tracker runs)."""
+    none of those options is given (the single-face tracker runs). ``write_preview`` False: track, but
+    leave the preview file to another process (torchrun's first)."""
     from dva_model.cli.align import landmarker_from_args
     from dva_model.face.multitrack import MultiTrackConfig
     from dva_model.face.recognition import DlibRecogniser
@@ -131,7 +133,7 @@ def people_from_args(args: argparse.Namespace, selection, *, device: str = "cpu"
     info, indices, people = track_people_in_video(
         args.video, landmarker, recogniser=recogniser, selection=selection, order=args.face_order,
         config=MultiTrackConfig(max_gap=args.max_gap), callback=stage("faces"))
-    if args.preview_tracks is not None:
+    if args.preview_tracks is not None and write_preview:
         write_track_preview(args.video, args.preview_tracks, people, selection=selection, callback=stage("preview"))
     chosen = None if choice is None else choose_faces(people, choice, landmarker=landmarker, recogniser=recogniser)
     return info, indices, chosen
