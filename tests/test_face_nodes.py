@@ -87,6 +87,21 @@ def test_pick_face_takes_one_person_per_reference_photo(comfy_host):
         _pick(tracks, "0", frames, reference=torch.stack([photo("biden.jpg"), photo("biden.jpg")]))
 
 
+def test_face_tracks_takes_dlibs_recogniser_from_models_dva_first(comfy_host):
+    from dva_model.errors import ModelFileError
+    from dva_model.face.landmarks import find_dlib_file
+    from dva_model.face.recognition import DLIB_RECOGNITION_FILE
+
+    foreign = comfy_host.models / "dva" / DLIB_RECOGNITION_FILE
+    foreign.write_bytes(b"not a dlib model")
+    with pytest.raises(ModelFileError, match=rf"^{foreign} is not dlib's face recognition model \("):
+        _tracks(comfy_host, "multi_face_pan.mp4", 2)
+    foreign.unlink()
+    foreign.symlink_to(find_dlib_file(DLIB_RECOGNITION_FILE))  # the real file, put there by the user
+    tracks, _ = _tracks(comfy_host, "multi_face_pan.mp4", 2)
+    assert len(tracks) == 4
+
+
 def test_the_nodes_offer_the_cli_choices(comfy_host):
     from dva_model.face.multitrack import FACE_ORDERS
 
