@@ -215,25 +215,39 @@ def paste_back(
     keep = np.ones(count, dtype=bool) if has_face is None else np.asarray(has_face, dtype=bool)
     out = frames.clone()
     coverage = torch.zeros(count, height, width, device=frames.device)
-    rows = np.flatnonzero(keep)
-    if len(rows) == 0:
-        return out, coverage
-    index = torch.as_tensor(rows, device=frames.device)
-    unit = (edited[index].float() + 1.0) / 2.0  # [b, 3, S, S] in [0, 1]
-    mask = masks[index].float().to(unit.device)
-    if composite == "release":
-        original = (source[index].float().to(unit.device) + 1.0) / 2.0
-        unit = unit * mask + original * (1.0 - mask)  # blend inside the crop as released
-        mask = torch.ones_like(mask)  # then the whole square is pasted
-    # Premultiplied warp: colour*alpha and alpha are both 0 outside the square (zero padding).
-    warped = warp_to_frames(torch.cat([unit * mask, mask], dim=1), np.asarray(quads)[rows], height, width)
-    colour = warped[:, :3].permute(0, 2, 3, 1).to(frames.device)  # [b, H, W, 3]
-    alpha = warped[:, 3:].permute(0, 2, 3, 1).clamp(0.0, 1.0).to(frames.device)  # [b, H, W, 1]
-    base = frames[index].float()
-    blended = (base * (1.0 - alpha) + colour).clamp(0.0, 1.0)
-    out[index] = torch.where(alpha > 0, blended, base).to(frames.dtype)
-    coverage[index] = alpha[..., 0]
+    for row in np.flatnonzero(keep):
+        unit = (edited[row: row + 1].float() + 1.0) / 2.0  # [1, 3, S, S] in [0, 1]
+        mask = masks[row: row + 1].float().to(unit.device)
+        if composite == "release":
+            original = (source[row: row + 1].float().to(unit.device) + 1.0) / 2.0
+            unit = unit * mask + original * (1.0 - mask)  # blend inside the crop as released
+            mask = torch.ones_like(mask)  # then the whole square is pasted
+        # Only the quad's bounding box can change: warp and blend there, not over the whole frame
+        # (a face is a few percent of an HD frame; the full-frame warp cost seconds and 6 frame copies).
+        top, bottom, left, right = _quad_window(np.asarray(quads[row]), height, width)
+        if top >= bottom or left >= right:
+            continue  # the quad lies wholly outside the frame
+        # Premultiplied warp: colour*alpha and alpha are both 0 outside the square (zero padding).
+        shifted = np.asarray(quads[row], dtype=np.float64)[None] - np.array([left, top], dtype=np.float64)
+        warped = warp_to_frames(torch.cat([unit * mask, mask], dim=1), shifted, bottom - top, right - left)[0]
+        colour = warped[:3].permute(1, 2, 0).to(frames.device)  # [h, w, 3]
+        alpha = warped[3:].permute(1, 2, 0).clamp(0.0, 1.0).to(frames.device)  # [h, w, 1]
+        base = frames[row, top:bottom, left:right].float()
+        blended = (base * (1.0 - alpha) + colour).clamp(0.0, 1.0)
+        out[row, top:bottom, left:right] = torch.where(alpha > 0, blended, base).to(frames.dtype)
+        coverage[row, top:bottom, left:right] = alpha[..., 0]
     return out, coverage
+
+
+def _quad_window(quad: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the frame pixels a crop warped along ``quad`` [4, 2] can touch: its
+    bounding box, two pixels wider for the bilinear border, clipped to the frame (may be empty)."""
+    margin = 2
+    left = max(int(np.floor(quad[:, 0].min())) - margin, 0)
+    right = min(int(np.ceil(quad[:, 0].max())) + margin + 1, width)
+    top = max(int(np.floor(quad[:, 1].min())) - margin, 0)
+    bottom = min(int(np.ceil(quad[:, 1].max())) + margin + 1, height)
+    return top, bottom, left, right
 
 
 def crop_rows(has_face: np.ndarray) -> np.ndarray:
