@@ -143,3 +143,29 @@ def test_frames_without_a_face_pass_through_untouched():
     assert torch.equal(pasted[1], frames[1]) and torch.equal(pasted[3], frames[3])
     assert not torch.equal(pasted[0], frames[0])
     assert not alpha[[1, 3]].any() and alpha[[0, 2]].amax() == 1.0
+
+
+def _full_frame_paste(frames, edited, masks, quads):
+    """The paste as one full-frame warp per crop (how it was computed before the window): the reference."""
+    unit, mask = (edited.float() + 1) / 2, masks.float()
+    warped = align.warp_to_frames(torch.cat([unit * mask, mask], 1), quads, frames.shape[1], frames.shape[2])
+    colour, alpha = warped[:, :3].permute(0, 2, 3, 1), warped[:, 3:].permute(0, 2, 3, 1).clamp(0, 1)
+    out = torch.where(alpha > 0, (frames * (1 - alpha) + colour).clamp(0, 1), frames)
+    return out, alpha[..., 0]
+
+
+def test_the_windowed_paste_equals_a_full_frame_warp_also_at_the_frame_edge():
+    """Each face is warped and blended only inside its quad's bounding box (plus the bilinear border):
+    the same frames and alpha as warping over the whole frame, for a face inside, one cut by the
+    top-left corner, and one wholly outside the frame (left untouched)."""
+    generator = torch.Generator().manual_seed(3)
+    frames = torch.rand(3, 60, 80, 3, generator=generator)
+    edited = torch.rand(3, 3, 16, 16, generator=generator) * 2 - 1
+    masks = torch.rand(3, 1, 16, 16, generator=generator)
+    quads = align.quads_from_axes(np.array([[40.0, 30.0], [3.0, 2.0], [-40.0, 90.0]]),
+                                  np.array([[12.0, 3.0]] * 3), np.array([[-3.0, 12.0]] * 3))
+    out, alpha = paste_back(frames, edited, masks, quads)
+    expected, expected_alpha = _full_frame_paste(frames, edited, masks, quads)
+    assert (out - expected).abs().max() < 1e-4 and (alpha - expected_alpha).abs().max() < 1e-4
+    assert float(alpha[0].sum()) > 100 and 0 < float(alpha[1].sum()) < float(alpha[0].sum())  # inside; cut
+    assert torch.equal(out[2], frames[2]) and float(alpha[2].abs().max()) == 0  # outside the frame
