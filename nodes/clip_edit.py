@@ -9,14 +9,13 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ._host import DEVICES, HandleCache, ModelHandle, input_file_problem, input_fingerprint, input_path, model_files
-from ._host import model_path, output_path, progress_callback, require_all, resolve_device
+from ._host import model_path, progress_callback, require_all, resolve_device
 from .edit import NORMS, norm_input
-from .encode import saved_files
+from .saved import load_schema, save_schema, save_to_output
 from .types import CATEGORY_EDIT, CATEGORY_MODEL, Clip, Delta, Faces, IdentityType, Latent, Model
 
 CACHED_WEIGHTS = "OpenAI ViT-B/16 from the local CLIP cache"
 CLIP_SUFFIXES = (".pt", ".safetensors", ".bin")
-DELTA_SUFFIX = ".safetensors"
 REQUIRES = (("open_clip", "open-clip-torch"), ("safetensors", "safetensors"))
 MAX_ITERATIONS = 20000
 MAX_WEIGHT = 100.0
@@ -188,31 +187,23 @@ class DVASaveIdentityDelta(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return save_schema(
             node_id="DVASaveIdentityDelta", display_name="DVA Save Identity Delta", category=CATEGORY_EDIT,
             description=("Saves an identity delta (.safetensors with its texts and settings) in the output folder; "
                          "DVA Load Identity Delta and `python -m dva_model` read it back."),
-            inputs=[
-                Delta.Input("delta", tooltip="The delta to save."),
-                io.String.Input("filename_prefix", default="dva/clip_delta", tooltip=
-                                "File name prefix inside the output folder (may contain sub-folders)."),
-            ],
-            outputs=[],
-            is_output_node=True,
+            value=Delta.Input("delta", tooltip="The delta to save."), default_prefix="dva/clip_delta",
         )
 
     @classmethod
     def execute(cls, delta, filename_prefix) -> io.NodeOutput:
         from dva_model.edit.clip_edit import save_delta
 
-        path, name, subfolder = output_path(filename_prefix, DELTA_SUFFIX)
-        save_delta(path, delta)
+        files = save_to_output(filename_prefix, delta, save_delta)
         info = dict(delta.info)
         summary = f"{delta.source_text!r} -> {delta.target_text!r}"
         if "loss_start" in info:
             summary += f": loss {info['loss_start']:.4f} -> {info['loss_end']:.4f}"
-        return io.NodeOutput(ui={"files": [{"filename": name, "subfolder": subfolder, "type": "output"}],
-                                 "text": [summary]})
+        return io.NodeOutput(ui={**files, "text": [summary]})
 
 
 class DVALoadIdentityDelta(io.ComfyNode):
@@ -222,13 +213,13 @@ class DVALoadIdentityDelta(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return load_schema(
             node_id="DVALoadIdentityDelta", display_name="DVA Load Identity Delta", category=CATEGORY_EDIT,
             description=("Loads an identity delta (.safetensors) from the input folder, or from the output folder "
                          "(entries marked [output])."),
-            inputs=[io.Combo.Input("delta_file", options=saved_files("delta"), tooltip=
-                                   "An identity delta file: from the input folder, or saved under output/dva/ ([output]).")],
-            outputs=[Delta.Output(display_name="delta", tooltip="The saved delta; connect to DVA Apply Identity Delta.")],
+            file_input="delta_file", kind="delta",
+            tooltip="An identity delta file: from the input folder, or saved under output/dva/ ([output]).",
+            output=Delta.Output(display_name="delta", tooltip="The saved delta; connect to DVA Apply Identity Delta."),
         )
 
     @classmethod

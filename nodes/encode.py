@@ -1,15 +1,11 @@
 """Encoding nodes: DVAEncode (features + DDIM inversion -> DVA_LATENT) and saving/loading an encoding."""
 
-import os
-
 from comfy_api.v0_0_2 import io
 
-from ._host import input_file_problem, input_fingerprint, input_path, output_path, progress_callback, require_all
+from ._host import input_file_problem, input_fingerprint, input_path, progress_callback, require_all
+from .saved import SUFFIX, load_schema, save_schema, save_to_output
 from .types import CATEGORY_ENCODE, Faces, Latent, Model
 
-LATENT_SUFFIX = ".safetensors"
-OUTPUT_TAG = " [output]"  # ComfyUI's annotation for a file in the output folder
-SAVE_FOLDER = "dva"  # output sub-folder the save nodes write to by default (listed by the load nodes)
 MAX_STEPS = 1000
 MAX_FRAMES_PER_CALL = 256
 REQUIRES = (("safetensors", "safetensors"),)
@@ -84,7 +80,7 @@ def encode_to_file(dva, faces, steps, batch, model_id, stage_progress):
 
     from ._host import temp_file
 
-    path = temp_file("latent", LATENT_SUFFIX)
+    path = temp_file("latent", SUFFIX)
     file = encode_to_latent_file(faces.info.path, faces, dva, path, steps=steps, selection=faces.selection,
                                  batch_size=batch, model_id=model_id, stage_progress=stage_progress)
     file.close()
@@ -98,17 +94,11 @@ class DVASaveLatent(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return save_schema(
             node_id="DVASaveLatent", display_name="DVA Save Latent", category=CATEGORY_ENCODE,
             description=("Saves an encoding (z_id, z_lnd, x_T, identity, steps, model) as .safetensors in the "
                          "output folder; DVA Load Latent reads it back and skips the inversion."),
-            inputs=[
-                Latent.Input("latent", tooltip="The encoding to save."),
-                io.String.Input("filename_prefix", default="dva/latent", tooltip=
-                                "File name prefix inside the output folder (may contain sub-folders)."),
-            ],
-            outputs=[],
-            is_output_node=True,
+            value=Latent.Input("latent", tooltip="The encoding to save."), default_prefix="dva/latent",
         )
 
     @classmethod
@@ -116,16 +106,7 @@ class DVASaveLatent(io.ComfyNode):
         require_all("DVA Save Latent", REQUIRES)
         from dva_model.formats.latent_io import save_latent
 
-        path, name, subfolder = output_path(filename_prefix, LATENT_SUFFIX)
-        if hasattr(latent, "open"):  # a file-backed encoding: copy it, crops included, without loading it
-            import shutil
-
-            from dva_model.formats.files import write_atomically
-
-            write_atomically(path, lambda tmp: shutil.copyfile(latent.path, tmp))
-        else:
-            save_latent(path, latent)
-        return io.NodeOutput(ui={"files": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
+        return io.NodeOutput(ui=save_to_output(filename_prefix, latent, save_latent))
 
 
 class DVALoadLatent(io.ComfyNode):
@@ -135,13 +116,13 @@ class DVALoadLatent(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return load_schema(
             node_id="DVALoadLatent", display_name="DVA Load Latent", category=CATEGORY_ENCODE,
             description=("Loads an encoding (.safetensors) from the input folder, or from the output folder "
                          "(entries marked [output]), so a clip can be edited again without inverting it."),
-            inputs=[io.Combo.Input("latent_file", options=saved_files("latent"), tooltip=
-                                   "An encoding file: from the input folder, or saved under output/dva/ ([output]).")],
-            outputs=[Latent.Output(display_name="latent", tooltip="The saved encoding.")],
+            file_input="latent_file", kind="latent",
+            tooltip="An encoding file: from the input folder, or saved under output/dva/ ([output]).",
+            output=Latent.Output(display_name="latent", tooltip="The saved encoding."),
         )
 
     @classmethod
@@ -159,22 +140,3 @@ class DVALoadLatent(io.ComfyNode):
 
         return io.NodeOutput(load_latent(input_path(latent_file)))
 
-
-def saved_files(kind: str) -> list:
-    """The .safetensors files of ``kind`` ("latent" or "delta") users can pick: the input folder's, then
-    those under the output folder's ``dva/`` (where the save nodes' default prefixes write; annotated
-    ``[output]``). Only that sub-folder is walked, not the whole output folder, and each file's kind is
-    peeked at once (``_host.file_kind``), so listing stays cheap on every /object_info."""
-    import folder_paths
-
-    from ._host import file_kind, input_files
-
-    names = [n for n in input_files(LATENT_SUFFIX)
-             if file_kind(os.path.join(folder_paths.get_input_directory(), n)) in (kind, "unknown")]
-    output = folder_paths.get_output_directory()
-    for folder, _, files in sorted(os.walk(os.path.join(output, SAVE_FOLDER))):
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            if name.endswith(LATENT_SUFFIX) and file_kind(path) in (kind, "unknown"):
-                names.append(os.path.relpath(path, output).replace(os.sep, "/") + OUTPUT_TAG)
-    return names

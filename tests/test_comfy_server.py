@@ -11,11 +11,9 @@ sets how many frames to edit (default 4; 0 = the whole clip).
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -38,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 sys.path.insert(0, str(REPO))
-from tools import run_workflow as api  # noqa: E402
+from tools import comfy_server, run_workflow as api  # noqa: E402
 
 
 def _python() -> str:
@@ -46,12 +44,6 @@ def _python() -> str:
         return os.environ["COMFYUI_PYTHON"]
     venv = Path(COMFYUI_DIR).resolve().parent / "venv" / "bin" / "python"
     return str(venv) if venv.is_file() else sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,31 +65,9 @@ def server_process(tmp_path_factory, tiny_checkpoint):
 @contextlib.contextmanager
 def running_comfyui(root: Path, base: Path, paths: Path, env: Optional[dict] = None):
     """Start ComfyUI (base folder ``base``, extra paths ``paths``, log in ``root``); yield its URL; stop it."""
-    port = _free_port()
-    log = open(root / "comfy.log", "w")
-    command = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-               "--base-directory", str(base), "--extra-model-paths-config", str(paths)]
-    process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                urllib.request.urlopen(url + "/system_stats", timeout=5).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not start:\n{(root / 'comfy.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with comfy_server.running_comfyui(Path(COMFYUI_DIR), _python(), base=base, paths=paths, log=root / "comfy.log",
+                                      startup_timeout_s=STARTUP_TIMEOUT_S, env=env) as started:
+        yield started.url
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,14 @@ before it is stopped. Prints one JSON line per clip and the long/short ratio.
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools import edit_memory, run_workflow as api  # noqa: E402
+from tools import comfy_server, edit_memory, run_workflow as api  # noqa: E402
 
 STARTUP_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 7200
@@ -38,12 +34,6 @@ def random_classifier(path: Path) -> Path:
     from test_workflows import _release_classifier
 
     return path if path.is_file() else _release_classifier(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _peak_kb(pid: int) -> int:
@@ -68,37 +58,20 @@ def run_once(args, checkpoint: Path, video: Path, name: str) -> dict:
             (models / name).symlink_to(target)
     paths = root / "extra_model_paths.yaml"
     paths.write_text(f"dva_memory:\n  custom_nodes: {packs}\n  dva: {models}\n")
-    port = _free_port()
-    command = [args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--base-directory", str(base), "--extra-model-paths-config", str(paths)]
-    with open(root / "comfy.log", "w") as log:
-        process = subprocess.Popen(command, cwd=args.comfyui, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/system_stats", timeout=5).read()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"ComfyUI did not start; see {root / 'comfy.log'}")
-                    time.sleep(1)
+    try:
+        with comfy_server.running_comfyui(args.comfyui, args.python, base=base, paths=paths, log=root / "comfy.log",
+                                          startup_timeout_s=STARTUP_TIMEOUT_S) as server:
             workflow = json.loads(args.workflow.read_text())
-            api.set_video(workflow, api.upload(url, video))
+            api.set_video(workflow, api.upload(server.url, video))
             api.set_inputs(workflow, [f"checkpoint={CHECKPOINT_NAME}", f"classifier={CLASSIFIER_NAME}"] + args.set)
-            idle_kb = _peak_kb(process.pid)
+            idle_kb = _peak_kb(server.process.pid)
             start = time.perf_counter()
-            history = api.run_prompt(url, workflow, timeout_s=RUN_TIMEOUT_S)
+            history = api.run_prompt(server.url, workflow, timeout_s=RUN_TIMEOUT_S)
             seconds = time.perf_counter() - start
             api.check_success(history)
-            peak_kb = _peak_kb(process.pid)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            peak_kb = _peak_kb(server.process.pid)
+    except comfy_server.ServerDidNotStart as error:
+        raise SystemExit(str(error))
     from dva_model.formats.video import probe
 
     frames = probe(video).frame_count

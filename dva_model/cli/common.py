@@ -34,16 +34,28 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the UNet (minutes of compiling on the first batch, then faster)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="CUDA only: compile the UNet into CUDA graphs (implies --compile)")
-    parser.add_argument("--id-weights", type=Path, help="optional released model_ir_se50.pth")
+    add_encoder_options(parser)
+
+
+def add_encoder_options(parser, *, optional: bool = True) -> None:
+    """--id-weights / --landmark-weights / --parser-weights: the released frozen encoders' own files
+    (``optional``: over the checkpoint's copies; else needed when no checkpoint supplies them)."""
+    released = "optional released" if optional else "released"
+    parser.add_argument("--id-weights", type=Path, help=f"{released} model_ir_se50.pth")
     parser.add_argument("--landmark-weights", type=Path,
-                        help="optional released mobilenet_224_model_best_gdconv_external.pth.tar")
-    parser.add_argument("--parser-weights", type=Path, help="optional released 79999_iter.pth")
+                        help=f"{released} mobilenet_224_model_best_gdconv_external.pth.tar")
+    parser.add_argument("--parser-weights", type=Path, help=f"{released} 79999_iter.pth")
+
+
+def encoder_files_from_args(args: argparse.Namespace) -> Optional[EncoderFiles]:
+    """The encoder files given by ``add_encoder_options``' options, or None when none was given."""
+    if not (args.id_weights or args.landmark_weights or args.parser_weights):
+        return None
+    return EncoderFiles(identity=args.id_weights, landmarks=args.landmark_weights, parser=args.parser_weights)
 
 
 def load_model_from_args(args: argparse.Namespace) -> DVAModel:
-    files = None
-    if args.id_weights or args.landmark_weights or args.parser_weights:
-        files = EncoderFiles(identity=args.id_weights, landmarks=args.landmark_weights, parser=args.parser_weights)
+    files = encoder_files_from_args(args)
     model = load_model(args.checkpoint, device=args.device, dtype=PRECISIONS[args.precision], encoder_files=files)
     if args.batch_size == 0:  # resolved once here, so every command sees a real batch size
         args.batch_size = auto_batch_size(args.device, model.image_size)

@@ -89,12 +89,7 @@ def _edit(args: argparse.Namespace, edits, config: EditConfig, selection, worker
                           selection=selection, latent_path=args.save_latent,
                           model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress,
                           workers=workers)
-    if not workers.is_root:
-        return 0
-    for first, last in result.untouched:
-        log.warning("no face in frames %d-%d: copied unchanged", first, last)
-    log.info("wrote %s (%d frames, %d edited)", result.path, result.frames, result.edited)
-    return 0
+    return _report(result, workers, no_face="no face", edited="edited")
 
 
 def _edit_people(args: argparse.Namespace, people, config: EditConfig, selection, progress, workers: Workers) -> int:
@@ -119,10 +114,15 @@ def _edit_people(args: argparse.Namespace, people, config: EditConfig, selection
     result = edit_faces(jobs, args.video, args.out, model, config=config, selection=selection,
                         model_id=file_fingerprint(args.checkpoint).model_id, stage_progress=progress,
                         workers=workers)
-    if not workers.is_root:
-        return 0
-    for first, last in result.untouched:
-        log.warning("none of the chosen faces in frames %d-%d: copied unchanged", first, last)
-    log.info("wrote %s (%d frames, %d with a chosen face; faces %s)", result.path, result.frames, result.edited,
-             ", ".join(labels))
+    return _report(result, workers, no_face="none of the chosen faces",
+                   edited="with a chosen face; faces " + ", ".join(labels))
+
+
+def _report(result, workers: Workers, *, no_face: str, edited: str) -> int:
+    """The first process logs the frames copied unchanged (``no_face`` there) and the video it wrote, with
+    how many frames were ``edited``; 0, the command's exit status."""
+    if workers.is_root:
+        for first, last in result.untouched:
+            log.warning("%s in frames %d-%d: copied unchanged", no_face, first, last)
+        log.info("wrote %s (%d frames, %d %s)", result.path, result.frames, result.edited, edited)
     return 0

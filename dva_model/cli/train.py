@@ -25,9 +25,10 @@ import torch
 
 from dva_model.formats import checkpoint
 from dva_model.face.align import AlignConfig
-from dva_model.formats.checkpoint import EncoderFiles, load_model, save_model
+from dva_model.formats.checkpoint import load_model, save_model
 from dva_model.formats.files import check_writable_folder, write_atomically
 from dva_model.cli.align import add_face_options, landmarker_from_args
+from dva_model.cli.common import add_encoder_options, encoder_files_from_args
 from dva_model.cli.options import finite_float
 from dva_model.distributed import Workers, close
 from dva_model.errors import UserError
@@ -77,10 +78,7 @@ def add_parser(subparsers) -> None:
                         help="DVA checkpoint (released .ckpt or .safetensors) supplying the frozen encoders")
     source.add_argument("--finetune", action="store_true",
                         help="also start the UNet and z_face layer from --weights (else they start random)")
-    source.add_argument("--id-weights", type=Path, help="released model_ir_se50.pth")
-    source.add_argument("--landmark-weights", type=Path,
-                        help="released mobilenet_224_model_best_gdconv_external.pth.tar")
-    source.add_argument("--parser-weights", type=Path, help="released 79999_iter.pth")
+    add_encoder_options(source, optional=False)
     size = parser.add_argument_group("UNet size for a new model (default: the released 256x256 model)")
     size.add_argument("--image-size", type=int, help="square crop side the UNet trains at (256)")
     size.add_argument("--model-channels", type=int, help="base width (128)")
@@ -129,15 +127,9 @@ def _unet_config(args: argparse.Namespace) -> Optional[UNetConfig]:
     return UNetConfig(**given) if given else None
 
 
-def _encoder_files(args: argparse.Namespace) -> Optional[EncoderFiles]:
-    if not (args.id_weights or args.landmark_weights or args.parser_weights):
-        return None
-    return EncoderFiles(identity=args.id_weights, landmarks=args.landmark_weights, parser=args.parser_weights)
-
-
 def _initial_model(args: argparse.Namespace) -> DVAModel:
     """A float32 CPU model: fine-tuned from --weights, or a seeded random UNet beside the frozen encoders."""
-    files, size = _encoder_files(args), _unet_config(args)
+    files, size = encoder_files_from_args(args), _unet_config(args)
     if args.finetune:
         if args.weights is None:
             raise UserError("--finetune needs --weights (the checkpoint to start from).")
