@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.layer_graph import ROOT, import_graph
+from tools.layer_graph import ROOT, import_graph, layer_graph
 
 LIBRARY = ROOT / "dva_model"
 FORBIDDEN_MODULES = {"comfy", "folder_paths", "server", "nodes", "comfy_api", "comfy_extras", "execution"}
@@ -48,6 +48,25 @@ def test_layers_import_only_what_they_may():
     graph = import_graph()
     assert any(m.startswith("dva_model.nets.") for m in graph) and any(m.startswith("nodes.") for m in graph)
     assert layering_violations(graph) == []
+
+
+def layer_cycles(edges) -> list:
+    """Every layer that reaches itself through the imports (a cycle: the layers are no longer a stack)."""
+    def reach(start):
+        seen, todo = set(), list(edges.get(start, ()))
+        while todo:
+            layer = todo.pop()
+            if layer not in seen:
+                seen.add(layer)
+                todo += edges.get(layer, ())
+        return seen
+
+    return sorted(layer for layer in edges if layer in reach(layer))
+
+
+def test_the_layers_form_a_stack_without_cycles():
+    assert layer_cycles(layer_graph(import_graph())) == []
+    assert layer_cycles({"formats": {"edit", "base"}, "edit": {"formats"}, "base": set()}) == ["edit", "formats"]
 
 
 def test_the_layer_check_catches_each_kind_of_forbidden_import():

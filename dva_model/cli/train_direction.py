@@ -4,7 +4,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from dva_model.edit.classifier import load_classifier, load_identity_statistics, save_directions
+from dva_model.edit.classifier import load_classifier, save_directions
+from dva_model.formats.identity_stats import load_identity_statistics
 from dva_model.cli.common import add_model_options, load_model_from_args
 from dva_model.edit.direction_training import (
     RELEASE_BATCH_SIZE, RELEASE_STEPS, DirectionTrainingConfig, extract_identities, feature_statistics,

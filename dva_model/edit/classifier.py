@@ -27,6 +27,7 @@ from torch import Tensor
 from dva_model.constants import CELEBA_ATTRIBUTES, DIRECTIONS_FORMAT, ID_DIM
 from dva_model.errors import ModelFileError, UserError
 from dva_model.formats.files import read_safetensors, write_safetensors
+from dva_model.formats.identity_stats import checked_statistic, describe_value, load_identity_statistics
 from dva_model.formats.safe_pickle import load_pickled
 
 EditNorm = Literal["keep", "unit"]
@@ -100,19 +101,9 @@ def load_classifier(path: Union[str, Path], *, latent_stats: Optional[Union[str,
         mean, std = load_identity_statistics(latent_stats)
     if mean is None or std is None:
         raise ModelFileError(f"{path} has no conds_mean/conds_std; pass the release's latent.pkl as well.")
-    mean, std = _checked_statistic(mean, "conds_mean", path), _checked_statistic(std, "conds_std", path)
+    mean, std = checked_statistic(mean, "conds_mean", path), checked_statistic(std, "conds_std", path)
     names = CELEBA_ATTRIBUTES if len(weight) == len(CELEBA_ATTRIBUTES) else tuple(f"attr_{i}" for i in range(len(weight)))
     return _checked(weight, mean, std, names, path)
-
-
-def load_identity_statistics(path: Union[str, Path]) -> Tuple[Tensor, Tensor]:
-    """conds_mean, conds_std [512] float32 of the release's ``latent.pkl`` (a torch.save dict)."""
-    path = Path(path)
-    stats = load_pickled(path, what="The identity statistics (latent.pkl)")
-    if not isinstance(stats, Mapping) or "conds_mean" not in stats or "conds_std" not in stats:
-        raise ModelFileError(f"{path} holds a {type(stats).__name__} without conds_mean and conds_std; "
-                             "pass the release's latent.pkl.")
-    return _checked_statistic(stats["conds_mean"], "conds_mean", path), _checked_statistic(stats["conds_std"], "conds_std", path)
 
 
 def _checked_weight(weight: object, path: Path) -> Tensor:
@@ -120,18 +111,8 @@ def _checked_weight(weight: object, path: Path) -> Tensor:
     if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.shape[1] != ID_DIM \
             or not 1 <= weight.shape[0] <= MAX_DIRECTIONS or not weight.is_floating_point():
         raise ModelFileError(f"{path}: classifier.weight must be a float [K, {ID_DIM}] tensor with K from 1 to "
-                             f"{MAX_DIRECTIONS}, not {_describe(weight)}.")
+                             f"{MAX_DIRECTIONS}, not {describe_value(weight)}.")
     return weight.float()
-
-
-def _checked_statistic(value: object, name: str, path: Path) -> Tensor:
-    if not isinstance(value, Tensor) or value.numel() != ID_DIM or not value.is_floating_point():
-        raise ModelFileError(f"{path}: {name} must be a float tensor of {ID_DIM} numbers, not {_describe(value)}.")
-    return value.float().reshape(-1)
-
-
-def _describe(value: object) -> str:
-    return f"a tensor {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
 
 
 def _load_directions(path: Path) -> AttributeClassifier:
@@ -145,7 +126,7 @@ def _load_directions(path: Path) -> AttributeClassifier:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise ModelFileError(f"{path}: its attribute_names metadata must be a list of names.")
     weight = _checked_weight(tensors["weight"], path)
-    mean, std = _checked_statistic(tensors["mean"], "mean", path), _checked_statistic(tensors["std"], "std", path)
+    mean, std = checked_statistic(tensors["mean"], "mean", path), checked_statistic(tensors["std"], "std", path)
     return _checked(weight, mean, std, tuple(names), path)
 
 

@@ -148,7 +148,7 @@ def _verify_classifier(path: Path) -> None:
 
 
 def _verify_latent_stats(path: Path) -> None:
-    from dva_model.edit.classifier import load_identity_statistics
+    from dva_model.formats.identity_stats import load_identity_statistics
 
     load_identity_statistics(path)
 
