@@ -40,10 +40,13 @@ class DVAEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps, **_):
-        """A step count the release's respacing cannot make is refused before the graph runs (HTTP 400)."""
+    def validate_inputs(cls, steps=None, **_):
+        """A step count the release's respacing cannot make is refused before the graph runs (HTTP 400); a
+        count that arrives through a link is checked when the node runs."""
         from dva_model.diffusion.schedule import respaced_timesteps
 
+        if steps is None:
+            return True
         try:
             respaced_timesteps(int(steps))
         except (TypeError, ValueError) as error:

@@ -1,6 +1,6 @@
 """Several people: FaceTracks follows every face (with a numbered preview), PickFace aligns the chosen ones.
 
-Pick Face's ``faces`` takes what the CLI's --faces takes: "0", "0,2" or "all". Its outputs are ComfyUI
+Pick Face's ``face`` field takes what the CLI's --faces takes: "0", "0,2" or "all". Its outputs are ComfyUI
 lists (one DVA_FACES per person), so ComfyUI runs Encode, Identity Average, the edits and DDIM Decode once
 per person, and DVA Paste Back / DVA Decode + Paste to Video, which take whole lists, paste every person
 into the same frames in the listed order. For different edits per person, use one Pick Face per person,
@@ -129,11 +129,14 @@ class DVAPickFace(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, face, **_):
-        """A mistyped choice is refused before the graph runs (HTTP 400), with the CLI's sentence."""
+    def validate_inputs(cls, face=None, **_):
+        """A mistyped choice is refused before the graph runs (HTTP 400), with the CLI's sentence (a value
+        that arrives through a link is checked when the node runs)."""
         from dva_model.errors import UserError
         from dva_model.face.multitrack import parse_face_ids
 
+        if face is None:
+            return True
         try:
             parse_face_ids(str(face))
         except UserError as error:

@@ -59,7 +59,7 @@ def test_pick_face_all_and_several_give_one_list_entry_per_person_in_order(comfy
     two, _ = _pick(tracks, " 2,0 ", frames)
     assert [np.array_equal(f.quads, quads[k]) for f, k in zip(two, (2, 0))] == [True, True], "in the order typed"
     node = pack_nodes()["DVAPickFace"]
-    assert node.validate_inputs(face="all") is node.validate_inputs(face="0,2") is True
+    assert node.validate_inputs(face="all") is node.validate_inputs(face="0,2") is node.validate_inputs() is True
     assert node.validate_inputs(face="first") == (
         "Faces 'first' must be 'all' or track numbers separated by commas, e.g. 0 or 0,2.")
     assert node.validate_inputs(face="1,1") == "Faces '1,1': track numbers are 0 or more, each given once."
