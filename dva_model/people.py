@@ -28,6 +28,7 @@ from dva_model.face.preview import draw_tracks
 from dva_model.face.recognition import DlibRecogniser, describe_largest_face
 from dva_model.face.align import AlignConfig
 from dva_model.formats.video import DEFAULT_CHUNK_FRAMES, FrameSelection, VideoInfo, iter_frames, probe
+from dva_model.host_memory import limit_heap_growth
 from dva_model.progress import ProgressCallback, report
 from dva_model.tracks import FaceTracks, crop_track_in_memory, decoded_chunks, tracks_of
 
@@ -86,6 +87,7 @@ def track_people_in_video(
     callback: Optional[ProgressCallback] = None,
 ) -> tuple[VideoInfo, range, list[PersonTrack]]:
     """One decoding pass: every face of the selected frames of ``path``, tracked and numbered in ``order``."""
+    limit_heap_growth()  # the decoding thread's freed frames go back to the OS (see dva_model.host_memory)
     info = probe(path)
     indices = selection.indices(info.frame_count)
     with decoded_chunks(path, selection, chunk_size) as chunks:

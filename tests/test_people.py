@@ -17,9 +17,14 @@ from dva_model.people import (
 )
 
 
-def test_tracking_a_file_with_a_stride_numbers_frames_in_source_time(tmp_path):
+def test_tracking_a_file_with_a_stride_numbers_frames_in_source_time(tmp_path, monkeypatch):
+    import dva_model.people
+
+    settings = []  # the decoding thread's freed frames must go back to the OS, as in the one-face pass
+    monkeypatch.setattr(dva_model.people, "limit_heap_growth", lambda: settings.append(True))
     info, indices, people = track_people_in_video(multi_face_pan_video(), dlib_landmarker(),
                                                   selection=FrameSelection(start=1, stride=3))
+    assert settings == [True]
     assert list(indices) == list(range(1, PAN_FRAMES, 3)) and len(people) == 4
     assert all(p.track.detected.all() for p in people) and all(p.descriptor is None for p in people)
 
