@@ -15,7 +15,9 @@ pytest.importorskip("open_clip")
 
 from test_clip_edit import tiny_clip  # noqa: E402
 from comfy_fakes import install  # noqa: E402
-from test_workflows import CORE_NODES, check_api_workflow, pack_info, run_in_process, strip_meta, ui_to_api  # noqa: E402
+from test_workflows import (  # noqa: E402
+    CORE_NODES, check_api_workflow, pack_info, run_in_process, shipped_prompt, strip_meta, ui_to_api,
+)
 
 from dva_model.testing import single_thread  # noqa: E402
 
@@ -54,9 +56,8 @@ def test_clip_edit_graph_runs_end_to_end_and_lowers_its_loss(clip_nodes, tiny_ch
     from dva_model.formats.video import probe
     from media import single_face_video
 
-    prompt = json.loads((WORKFLOWS / "api" / "clip_edit.json").read_text())
+    prompt = shipped_prompt("clip_edit.json", clip_nodes, tiny_checkpoint)
     dva = clip_nodes.models / "dva"
-    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
     weights = tmp_path / "ViT-B-16.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_clip(seed=5).state_dict().items()}, str(weights))
     prompt["6"]["inputs"]["weights"] = install(weights, dva, "clip/ViT-B-16.safetensors")

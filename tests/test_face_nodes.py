@@ -113,16 +113,11 @@ def test_the_nodes_offer_the_cli_choices(comfy_host):
 
 
 def test_the_two_people_workflow_runs_end_to_end_and_touches_only_the_two_faces(comfy_host, tiny_checkpoint):
-    import json
-
     from comfy_fakes import install
     from media import multi_face_pan_video
-    from test_workflows import WORKFLOWS, _release_classifier, run_in_process
+    from test_workflows import run_in_process, shipped_prompt
 
-    prompt = json.loads((WORKFLOWS / "api" / "multi_face_edit.json").read_text())
-    dva = comfy_host.models / "dva"
-    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
-    _release_classifier(dva / prompt["11"]["inputs"]["classifier"])
+    prompt = shipped_prompt("multi_face_edit.json", comfy_host, tiny_checkpoint)
     install(multi_face_pan_video(), comfy_host.input, prompt["2"]["inputs"]["video"])
     prompt["2"]["inputs"].update(frame_cap=3)
     for encode in ("7", "8"):
@@ -159,19 +154,14 @@ def test_every_face_workflow_streams_all_people_of_a_video_into_one_video(comfy_
     Encode, Identity Average, Attribute Edit once per person (ComfyUI's list mapping) -> Decode + Paste to
     Video with every person, in track order, each decoded with their own edited identity -> core Save Video.
     (That the render pastes each person inside their own mask only is shown in test_multiface_edit.py.)"""
-    import json
     from fractions import Fraction
 
     import dva_model.stages
-    from comfy_fakes import install
     from dva_model.formats.latent_io import StoredLatent
     from dva_model.formats.video import probe, write_video
-    from test_workflows import WORKFLOWS, _release_classifier, run_in_process
+    from test_workflows import run_in_process, shipped_prompt
 
-    prompt = json.loads((WORKFLOWS / "api" / "every_face_edit.json").read_text())
-    dva = comfy_host.models / "dva"
-    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
-    _release_classifier(dva / prompt["6"]["inputs"]["classifier"])
+    prompt = shipped_prompt("every_face_edit.json", comfy_host, tiny_checkpoint)
     write_video(comfy_host.input / prompt["2"]["inputs"]["file"], decoded_frames("multi_face_pan.mp4", 3),
                 fps=Fraction(30))
     prompt["4"]["inputs"]["steps"] = 2

@@ -305,14 +305,24 @@ def _release_classifier(path: Path) -> Path:
     return path
 
 
+def shipped_prompt(name: str, host, checkpoint: Path) -> dict:
+    """The shipped API workflow ``name`` with this test's model files under the names it asks for: the tiny
+    checkpoint for every DVA Model Loader, a random release-layout classifier for every Classifier Loader."""
+    prompt = json.loads((WORKFLOWS / "api" / name).read_text())
+    dva = host.models / "dva"
+    for node in prompt.values():
+        if node["class_type"] == "DVAModelLoader":
+            install(checkpoint, dva, node["inputs"]["checkpoint"])
+        elif node["class_type"] == "DVAClassifierLoader":
+            _release_classifier(dva / node["inputs"]["classifier"])
+    return prompt
+
+
 def test_attribute_edit_graph_runs_end_to_end_on_a_real_clip(comfy_host, tiny_checkpoint):
     from dva_model.formats.video import probe
     from media import single_face_video
 
-    prompt = json.loads((WORKFLOWS / "api" / "attribute_edit.json").read_text())
-    dva = comfy_host.models / "dva"
-    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
-    _release_classifier(dva / prompt["6"]["inputs"]["classifier"])
+    prompt = shipped_prompt("attribute_edit.json", comfy_host, tiny_checkpoint)
     install(single_face_video(), comfy_host.input, prompt["2"]["inputs"]["video"])
     prompt["2"]["inputs"].update(start_frame=30, frame_cap=2)
     prompt["4"]["inputs"]["steps"] = 2
@@ -350,10 +360,7 @@ def test_long_clip_graph_streams_from_the_video_file_to_a_video_file(comfy_host,
     from dva_model.formats.video import probe, write_video
     from media import decoded_frames, single_face_video
 
-    prompt = json.loads((WORKFLOWS / "api" / "long_clip_edit.json").read_text())
-    dva = comfy_host.models / "dva"
-    install(tiny_checkpoint, dva, prompt["1"]["inputs"]["checkpoint"])
-    _release_classifier(dva / prompt["6"]["inputs"]["classifier"])
+    prompt = shipped_prompt("long_clip_edit.json", comfy_host, tiny_checkpoint)
     write_video(comfy_host.input / prompt["2"]["inputs"]["file"], decoded_frames("single_face.mp4", 3),
                 fps=Fraction(30), audio_from=single_face_video())
     prompt["4"]["inputs"]["steps"] = 2
